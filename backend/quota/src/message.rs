@@ -21,8 +21,8 @@ pub(crate) fn compose(input: &MessageInput<'_>) -> String {
     let usage = input.usage;
     match input.reason {
         Reason::NoPolicy => format!(
-            "No quota policy applies to you, so your usage is not limited. You have used {} tokens this month.",
-            display_amount(usage.monthly.tokens)
+            "No quota policy applies to you, so your usage is not limited ({}).",
+            usage_phrase(Period::Monthly, &usage.monthly)
         ),
         Reason::WithinLimits => {
             let mut text = format!(
@@ -45,7 +45,7 @@ pub(crate) fn compose(input: &MessageInput<'_>) -> String {
             text
         }
         Reason::LimitAlert => {
-            let mut sentences: Vec<String> = input
+            let sentences: Vec<String> = input
                 .exceeded
                 .iter()
                 .rev()
@@ -59,7 +59,6 @@ pub(crate) fn compose(input: &MessageInput<'_>) -> String {
                     )
                 })
                 .collect();
-            sentences.push("Your administrator has been notified.".to_owned());
             sentences.join(" ")
         }
         Reason::DailyLimitExceeded | Reason::MonthlyLimitExceeded => {
