@@ -4,10 +4,11 @@
 //! [`newly_crossed`] compares the counted totals of one period before and
 //! after new usage arrives, against one policy. A warning threshold is
 //! crossed when the earlier total was below it and the later one is at or
-//! above it (exact integer arithmetic); the limit is crossed the same way
-//! (usage ≥ limit). A jump past several thresholds returns each of them, so
-//! every threshold alerts at most once per period. [`Crossing::dedup_key`]
-//! names the alert for a store that remembers which alerts went out.
+//! above it, in exact integer arithmetic. The limit is crossed the same way,
+//! with usage ≥ limit. A jump past several thresholds returns each of them.
+//! Each crossing is returned only for the change that crosses it, and
+//! [`Crossing::dedup_key`] names it, so a store that records the keys it has
+//! sent can alert once per period even when a change is processed twice.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -24,11 +25,11 @@ pub struct Crossing {
     pub mark: Mark,
     /// The limit of `period` in the policy.
     pub limit: u64,
-    /// How the period's limit is enforced.
+    /// The enforcement mode of the period's limit.
     pub enforcement: Enforcement,
 }
 
-/// What was crossed.
+/// The kind of mark crossed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "type", content = "percent")]
 pub enum Mark {
@@ -39,7 +40,7 @@ pub enum Mark {
 }
 
 impl Crossing {
-    /// A key unique per user, period instance, limit and threshold, such as
+    /// Builds a key unique per user, period instance, limit and threshold, such as
     /// `alice@example.com/monthly/2025-01/threshold-80` or
     /// `alice@example.com/daily/2025-01-31/limit`. `at` is any instant in
     /// the period of the usage.
@@ -65,13 +66,14 @@ pub struct TotalsChange {
 }
 
 impl TotalsChange {
-    /// Whether `reached` is false before the change and true after it.
+    /// Reports whether `reached` is false before the change and true after
+    /// it.
     fn crossed(self, reached: impl Fn(u64) -> bool) -> bool {
         !reached(self.before) && reached(self.after)
     }
 }
 
-/// The thresholds and limits of `policy` that `daily` and `monthly`
+/// Lists the thresholds and limits of `policy` that `daily` and `monthly`
 /// newly crossed, daily first, thresholds ascending, each period's limit
 /// after its thresholds. Totals that fell (a new period) cross nothing.
 pub fn newly_crossed(policy: &Policy, daily: TotalsChange, monthly: TotalsChange) -> Vec<Crossing> {

@@ -39,11 +39,11 @@ const UNITS: [(char, u64, usize); 3] = [
 pub struct AmountError {
     /// The text as given.
     pub value: String,
-    /// What is wrong with it.
+    /// The reason it is invalid.
     pub problem: AmountProblem,
 }
 
-/// What makes a token amount invalid.
+/// The reason a token amount is invalid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AmountProblem {
@@ -183,14 +183,14 @@ pub fn display_amount(tokens: u64) -> String {
     tokens.to_string()
 }
 
-/// A token amount that parses from and formats to the forms of
-/// [`parse_amount`] and [`format_amount`], in Rust and in serde (as a string
-/// such as `"225M"`; a JSON integer is accepted too).
+/// A token amount that parses with [`parse_amount`] and formats with
+/// [`format_amount`]. Serde writes it as a string such as `"225M"` and also
+/// reads a JSON integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct TokenAmount(pub u64);
 
 impl TokenAmount {
-    /// The number of tokens.
+    /// Returns the number of tokens.
     pub fn tokens(self) -> u64 {
         self.0
     }

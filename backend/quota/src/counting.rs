@@ -1,4 +1,5 @@
-//! Which token types count toward the limits, and with which weights.
+//! Counting weights: the token types that count toward the limits, and
+//! the weight of each.
 //!
 //! Claude Code reports tokens of four types: `input`, `output`, `cacheRead`
 //! and `cacheCreation`. Cache reads are often most of the volume and cost a
@@ -36,7 +37,7 @@ impl TokenType {
         TokenType::CacheCreation,
     ];
 
-    /// The metric attribute value: `input`, `output`, `cacheRead` or
+    /// Returns the metric attribute value: `input`, `output`, `cacheRead` or
     /// `cacheCreation`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -185,7 +186,7 @@ impl Default for CountingConfig {
 }
 
 impl CountingConfig {
-    /// A setting with the given weights; absent types do not count.
+    /// Builds a setting with the given weights. Absent types do not count.
     pub fn new(weights: impl IntoIterator<Item = (TokenType, Weight)>) -> Self {
         CountingConfig {
             weights: weights.into_iter().collect(),
@@ -199,7 +200,7 @@ impl CountingConfig {
             .unwrap_or(Weight::ZERO)
     }
 
-    /// The weighted total of `usage`, rounded down to a whole token and
+    /// Computes the weighted total of `usage`, rounded down to a whole token and
     /// saturating at `u64::MAX`.
     pub fn count(&self, usage: &TokenUsage) -> u64 {
         let thousandths: u128 = TokenType::ALL
@@ -212,7 +213,7 @@ impl CountingConfig {
         u64::try_from(thousandths / 1000).unwrap_or(u64::MAX)
     }
 
-    /// The types that count (weight above 0) with their weights, in the
+    /// Lists the types that count (weight above 0) with their weights, in the
     /// order input, output, cacheRead, cacheCreation, as the check answer
     /// states them.
     pub fn counted_types(&self) -> Vec<CountedType> {

@@ -25,7 +25,6 @@
 use chrono::{DateTime, Utc};
 use tollgate_protocol::check::{CheckAnswer, Enforcement, PeriodUsage, Reason, Usage};
 
-use crate::amount::display_amount;
 use crate::counting::{CountingConfig, TokenUsage};
 use crate::identity::Identity;
 use crate::period::Period;
@@ -46,7 +45,8 @@ pub struct CheckInput<'a> {
     /// Tokens per type recorded in the UTC month containing `now`.
     pub monthly_usage: TokenUsage,
     pub counting: &'a CountingConfig,
-    /// The user's latest unblock, active or not; [`decide`] checks expiry.
+    /// The user's latest unblock, active or not. [`decide`] checks its
+    /// expiry and that it names `identity`.
     pub unblock: Option<&'a UnblockGrant>,
     pub now: DateTime<Utc>,
 }
@@ -56,7 +56,7 @@ pub struct CheckInput<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub answer: CheckAnswer,
-    /// Why the applied policy applies.
+    /// The reason the applied policy applies.
     pub explanation: Explanation,
     /// The applied policy, absent under `no_policy`.
     pub policy: Option<Policy>,
@@ -68,8 +68,8 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// The reset of the blocking limit, or the monthly reset when nothing
-    /// blocks. This is the instant an `until-reset` unblock lasts until
+    /// Returns the reset of the blocking limit, or the monthly reset when
+    /// nothing blocks. This is the instant an `until-reset` unblock lasts until
     /// (before its 7-day cap).
     pub fn blocking_reset_at(&self) -> DateTime<Utc> {
         match self.blocking {
@@ -110,7 +110,10 @@ pub fn decide(input: &CheckInput<'_>) -> Decision {
             .copied()
             .rfind(|period| blocks(policy.enforcement(*period)))
     });
-    let unblock = input.unblock.filter(|grant| grant.is_active(now));
+    // A grant for another user never applies, whatever the caller passed.
+    let unblock = input
+        .unblock
+        .filter(|grant| grant.identity == *input.identity && grant.is_active(now));
 
     let reason = match (policy, blocking, unblock) {
         (None, _, _) => Reason::NoPolicy,
@@ -151,7 +154,7 @@ pub fn decide(input: &CheckInput<'_>) -> Decision {
     }
 }
 
-/// Whether an enforcement mode refuses access at the limit. Unknown modes
+/// Reports whether an enforcement mode refuses access at the limit. Unknown modes
 /// fail closed.
 pub(crate) fn blocks(enforcement: Enforcement) -> bool {
     enforcement != Enforcement::Alert
@@ -192,9 +195,4 @@ pub fn percent_of(tokens: u64, limit: u64) -> f64 {
     let hundredths = u128::from(tokens) * 10_000 / u128::from(limit);
     // Precision loss above 2^53 hundredths of a percent is irrelevant here.
     hundredths as f64 / 100.0
-}
-
-/// Formats tokens for messages; re-exported for callers that print usage.
-pub fn display_tokens(tokens: u64) -> String {
-    display_amount(tokens)
 }

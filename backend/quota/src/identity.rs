@@ -54,7 +54,7 @@ pub struct IdentityError {
     pub problem: IdentityProblem,
 }
 
-/// What makes an identity invalid.
+/// The reason an identity is invalid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum IdentityProblem {

@@ -15,7 +15,7 @@
 //!   default, else none. "Most restrictive" compares whole policies:
 //!   blocking at the monthly limit first, then the lower monthly limit, then
 //!   having a daily limit, blocking at it, the lower daily limit, and the
-//!   group name. The [`Explanation`] says which rule chose the policy.
+//!   group name. The [`Explanation`] names the rule that chose the policy.
 //! - **Derived daily limit** ([`derive_daily_limit`]): `monthly / 30 × (1 +
 //!   burst%)`, burst 5..=25 (default 10), rounded down to a whole token.
 //! - **Periods** ([`Period`]): the UTC calendar day and month, with keys

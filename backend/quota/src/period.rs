@@ -20,7 +20,7 @@ impl Period {
     /// Both periods, daily first.
     pub const ALL: [Period; 2] = [Period::Daily, Period::Monthly];
 
-    /// The key of the period containing `at`: `2025-01-31` for a day,
+    /// Returns the key of the period containing `at`: `2025-01-31` for a day,
     /// `2025-01` for a month. Keys of one period sort in time order.
     pub fn key(self, at: DateTime<Utc>) -> String {
         match self {
@@ -29,7 +29,7 @@ impl Period {
         }
     }
 
-    /// The first instant of the period containing `at`.
+    /// Returns the first instant of the period containing `at`.
     pub fn start(self, at: DateTime<Utc>) -> DateTime<Utc> {
         match self {
             Period::Daily => day_start(at),
@@ -37,7 +37,8 @@ impl Period {
         }
     }
 
-    /// The instant the period containing `at` ends and the next begins.
+    /// Returns the instant the period containing `at` ends and the next
+    /// begins.
     pub fn reset_at(self, at: DateTime<Utc>) -> DateTime<Utc> {
         match self {
             Period::Daily => next_day_start(at),
@@ -54,12 +55,12 @@ impl Period {
     }
 }
 
-/// The UTC day key of `at`, such as `2025-01-31`.
+/// Formats the UTC day key of `at`, such as `2025-01-31`.
 pub fn day_key(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d").to_string()
 }
 
-/// The UTC month key of `at`, such as `2025-01`.
+/// Formats the UTC month key of `at`, such as `2025-01`.
 pub fn month_key(at: DateTime<Utc>) -> String {
     at.format("%Y-%m").to_string()
 }
@@ -74,7 +75,7 @@ pub fn month_start(at: DateTime<Utc>) -> DateTime<Utc> {
     midnight(first_of_month(at.date_naive()))
 }
 
-/// The next UTC midnight after `at` (the daily reset).
+/// Returns the next UTC midnight after `at` (the daily reset).
 pub fn next_day_start(at: DateTime<Utc>) -> DateTime<Utc> {
     let tomorrow = at
         .date_naive()

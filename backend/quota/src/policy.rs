@@ -64,7 +64,7 @@ impl Policy {
         })
     }
 
-    /// The policy an administrator starts from: default kind, 225M tokens a
+    /// Builds the policy an administrator starts from: default kind, 225M tokens a
     /// month blocked, a daily limit derived with a 10 % burst in alert mode,
     /// warnings at 80 % and 90 %.
     pub fn recommended_default(now: DateTime<Utc>) -> Self {
@@ -100,7 +100,7 @@ impl Policy {
         Ok(())
     }
 
-    /// The reference the check answer carries.
+    /// Returns the reference the check answer carries.
     pub fn policy_ref(&self) -> PolicyRef {
         PolicyRef {
             kind: self.kind,
@@ -108,7 +108,7 @@ impl Policy {
         }
     }
 
-    /// The enforcement of one period's limit.
+    /// Returns the enforcement mode of one period's limit.
     pub fn enforcement(&self, period: crate::Period) -> Enforcement {
         match period {
             crate::Period::Daily => self.daily_enforcement,
@@ -116,7 +116,8 @@ impl Policy {
         }
     }
 
-    /// The limit of one period, absent for a daily period without a limit.
+    /// Returns the limit of one period, absent for a daily period without
+    /// a limit.
     pub fn limit(&self, period: crate::Period) -> Option<u64> {
         match period {
             crate::Period::Daily => self.daily_limit,
@@ -244,8 +245,8 @@ impl WarningThresholds {
         &self.0
     }
 
-    /// The highest threshold that `tokens` reaches against `limit`, that
-    /// is the highest `t` with `tokens / limit × 100 ≥ t`, computed exactly.
+    /// Finds the highest threshold that `tokens` reaches against `limit`,
+    /// that is the highest `t` with `tokens / limit × 100 ≥ t`, computed exactly.
     /// A limit of 0 is reached by any usage.
     pub fn reached(&self, tokens: u64, limit: u64) -> Option<u8> {
         self.0
@@ -256,8 +257,8 @@ impl WarningThresholds {
     }
 }
 
-/// Whether `tokens` is at least `percent` % of `limit`, in exact integer
-/// arithmetic.
+/// Reports whether `tokens` is at least `percent` % of `limit`, in exact
+/// integer arithmetic.
 pub fn threshold_reached(tokens: u64, limit: u64, percent: u8) -> bool {
     u128::from(tokens) * 100 >= u128::from(limit) * u128::from(percent)
 }

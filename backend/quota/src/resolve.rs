@@ -1,8 +1,8 @@
-//! Which policy applies to a user, and why.
+//! Policy resolution: the policy that applies to a user, and the reason.
 //!
-//! Precedence: an enabled user policy for the identity; else the most
-//! restrictive enabled policy among the user's groups; else the enabled
-//! default policy; else none. A disabled policy is skipped, so resolution
+//! Precedence: an enabled user policy for the identity, else the most
+//! restrictive enabled policy among the user's groups, else the enabled
+//! default policy, else none. A disabled policy is skipped, so resolution
 //! falls through to the next kind.
 //!
 //! "Most restrictive" compares whole policies, so the chosen group's limits
@@ -156,7 +156,7 @@ pub fn compare_restrictiveness(a: &Policy, b: &Policy) -> Ordering {
     restrictiveness_key(a).cmp(&restrictiveness_key(b))
 }
 
-/// The sort key of the module docs' order; lower sorts first.
+/// Builds the sort key of the module docs' order. Lower sorts first.
 fn restrictiveness_key(policy: &Policy) -> (bool, u64, bool, bool, u64, &str) {
     let only_alerts = |enforcement| enforcement == Enforcement::Alert;
     (
@@ -184,18 +184,22 @@ impl fmt::Display for Explanation {
                     "The group policy {} applies because no enabled user policy exists and it is the most restrictive of the user's enabled group policies",
                     applied.id
                 )?;
+                write!(
+                    formatter,
+                    ". Blocking ranks before alerting, then the lower monthly limit, then the daily limit, then the group name."
+                )?;
                 if self.group_candidates.len() > 1 {
                     let listed: Vec<String> = self
                         .group_candidates
                         .iter()
                         .map(describe_candidate)
                         .collect();
-                    write!(formatter, " ({})", listed.join("; "))?;
+                    write!(
+                        formatter,
+                        " Candidates, most restrictive first: {}.",
+                        listed.join(", ")
+                    )?;
                 }
-                write!(
-                    formatter,
-                    ". Blocking ranks before alerting, then the lower monthly limit, then the daily limit, then the group name."
-                )?;
             }
             (Rule::DefaultPolicy, Some(_)) => write!(
                 formatter,
@@ -220,14 +224,14 @@ impl fmt::Display for Explanation {
 
 fn describe_candidate(candidate: &Candidate) -> String {
     let mut text = format!(
-        "{}: {} a month ({})",
+        "{} with {} a month ({})",
         candidate.group,
         format_amount(candidate.monthly_limit),
         enforcement_name(candidate.monthly_enforcement)
     );
     if let Some(daily) = candidate.daily_limit {
         text.push_str(&format!(
-            ", {} a day ({})",
+            " and {} a day ({})",
             format_amount(daily),
             enforcement_name(candidate.daily_enforcement)
         ));
@@ -479,10 +483,11 @@ mod tests {
         let text = explanation.to_string();
         assert!(text.starts_with("The group policy ops applies"), "{text}");
         assert!(
-            text.contains("ops: 200M a month (block), 7M a day (block)"),
+            text.contains(
+                "ops with 200M a month (block) and 7M a day (block), eng with 300M a month (block)."
+            ),
             "{text}"
         );
-        assert!(text.contains("eng: 300M a month (block)"), "{text}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tollgate_protocol::check;
 
 use crate::identity::Identity;
 
-/// The longest unblock, in hours (7 days).
+/// The maximum unblock duration, in hours (7 days).
 pub const MAX_UNBLOCK_HOURS: u32 = 7 * 24;
 
 /// How long an unblock lasts.
@@ -61,7 +61,7 @@ pub enum UnblockError {
 }
 
 impl UnblockDuration {
-    /// The instant an unblock granted at `now` expires. `reset_at` is the
+    /// Computes the instant an unblock granted at `now` expires. `reset_at` is the
     /// reset of the blocking limit, used only by `until-reset`, which is
     /// capped at 7 days.
     pub fn expires_at(
@@ -146,7 +146,7 @@ impl From<UnblockDuration> for String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnblockGrant {
     pub identity: Identity,
-    /// Who granted it: a local user name or an admin identity.
+    /// The grantor: a local user name or an admin identity.
     pub granted_by: String,
     pub granted_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
@@ -182,13 +182,13 @@ impl UnblockGrant {
         })
     }
 
-    /// Whether the unblock applies at `now`: from when it was granted until
-    /// just before it expires.
+    /// Reports whether the unblock applies at `now`, which is from when it
+    /// was granted until just before it expires.
     pub fn is_active(&self, now: DateTime<Utc>) -> bool {
         self.granted_at <= now && now < self.expires_at
     }
 
-    /// The unblock as the check answer carries it.
+    /// Converts the grant to the unblock the check answer carries.
     pub fn to_wire(&self) -> check::Unblock {
         check::Unblock {
             expires_at: self.expires_at,

@@ -26,8 +26,8 @@ fn input(tokens: u64) -> TokenUsage {
     }
 }
 
-/// A default policy of `monthly` tokens with a daily limit, created at the
-/// start of the month.
+/// Builds a default policy of `monthly` tokens with a daily limit, created
+/// at the start of the month.
 fn limits(
     monthly: u64,
     monthly_enforcement: Enforcement,
@@ -273,6 +273,23 @@ fn decision_table() {
             message: &["Monthly limit reached"],
         },
         Case {
+            name: "other user's unblock ignored",
+            scenario: Scenario::new(
+                vec![limits(225_000_000, Block, None, Alert)],
+                0,
+                230_000_000,
+            )
+            .unblocked(UnblockGrant {
+                identity: Identity::parse("bob@example.com").expect("a valid email"),
+                ..grant("2025-01-15T09:00:00Z", UnblockDuration::Hours(24))
+            }),
+            reason: Reason::MonthlyLimitExceeded,
+            allowed: false,
+            blocking: Some(Period::Monthly),
+            exceeded: &[Period::Monthly],
+            message: &["Monthly limit reached"],
+        },
+        Case {
             name: "unblock without block",
             scenario: Scenario::new(vec![limits(225_000_000, Block, None, Alert)], 0, 1_000)
                 .unblocked(grant("2025-01-15T09:00:00Z", UnblockDuration::Hours(24))),
@@ -443,14 +460,14 @@ fn unblock_expires_between_checks() {
     let first = scenario.decide();
     assert_eq!(first.answer.reason, Reason::Unblocked);
     assert!(first.answer.allowed);
-    let shown = first
+    let active = first
         .answer
         .unblock
         .as_ref()
-        .expect("the active unblock is shown");
-    assert_eq!(shown.expires_at, at("2025-01-15T11:00:00Z"));
-    assert_eq!(shown.granted_by, "admin@example.com");
-    assert_eq!(shown.reason, "release week");
+        .expect("the answer includes the active unblock");
+    assert_eq!(active.expires_at, at("2025-01-15T11:00:00Z"));
+    assert_eq!(active.granted_by, "admin@example.com");
+    assert_eq!(active.reason, "release week");
 
     scenario.now = "2025-01-15T11:00:00Z";
     let second = scenario.decide();

@@ -58,7 +58,7 @@ fn contractors_policy() -> Policy {
     .expect("a valid group policy")
 }
 
-/// One scenario per reason, in the order docs/quotas.md lists them.
+/// Builds one scenario per reason, in the order docs/quotas.md lists them.
 fn examples() -> Vec<Example> {
     let recommended = Policy::recommended_default(at("2025-01-01T00:00:00Z"));
     let no_cache_reads: CountingConfig = "input=1,output=1,cacheCreation=1"
@@ -170,12 +170,12 @@ fn render(example: &Example) -> String {
     serde_json::to_string_pretty(&decision.answer).expect("an answer serialises")
 }
 
-/// The marker line before each example's JSON block.
+/// Returns the marker line before each example's JSON block.
 fn marker(reason: Reason) -> String {
     format!("<!-- example answer: {} -->", reason_name(reason))
 }
 
-/// The JSON block after `marker` in `doc`, as the byte range of its lines
+/// Finds the JSON block after `marker` in `doc`, as the byte range of its lines
 /// including the last newline (empty for an empty block).
 fn block_range(doc: &str, marker: &str) -> Option<std::ops::Range<usize>> {
     let after_marker = doc.find(marker)? + marker.len();

@@ -46,7 +46,7 @@ fn policy() -> impl Strategy<Value = Policy> {
         )
 }
 
-/// Whether `a` is strictly more restrictive than `b`, written out as the
+/// Reports whether `a` is strictly more restrictive than `b`, written out as the
 /// crate docs state the order.
 fn more_restrictive(a: &Policy, b: &Policy) -> bool {
     let a_blocks_monthly = a.monthly_enforcement == Enforcement::Block;
@@ -93,7 +93,8 @@ fn pick_most_restrictive<'a>(candidates: &[&'a Policy]) -> Option<&'a Policy> {
     best
 }
 
-/// The reference model: user, then groups, then default, enabled only.
+/// Resolves with the reference model: user, then groups, then default,
+/// enabled policies only.
 fn reference(user: &str, groups: &[String], policies: &[Policy]) -> (Rule, Option<Policy>) {
     let mut users = Vec::new();
     let mut group_policies = Vec::new();
