@@ -172,9 +172,35 @@ class Done:
         self.result = result
 
 
+def control(key):
+    """Returns a setting from the file named by $TOLLGATE_TEST_BROWSER_CONTROL
+    (lines of `key=value`), or None when the file or the key is absent.
+
+    Tests change the browser's behaviour through this file while an agent,
+    which passes its own environment to the browser, keeps running.
+    """
+    path = os.environ.get("TOLLGATE_TEST_BROWSER_CONTROL")
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as settings:
+            for line in settings:
+                name, _, value = line.strip().partition("=")
+                if name == key:
+                    return value
+    except FileNotFoundError:
+        return None
+    return None
+
+
 def login_name():
     """Returns the login name the scripts sign in with."""
-    return os.environ.get("TOLLGATE_TEST_LOGIN") or "alice"
+    return control("login") or os.environ.get("TOLLGATE_TEST_LOGIN") or "alice"
+
+
+def browser_mode():
+    """Returns what the browser does with a URL: login, ignore or deny."""
+    return control("mode") or os.environ.get("TOLLGATE_TEST_BROWSER_MODE") or "login"
 
 
 def log_line(line):

@@ -25,6 +25,9 @@
 // Test-only endpoints, outside the OpenID Connect routes:
 //   GET  /__stats                 request counts as JSON (see `emptyStats`)
 //   POST /__stats/reset           sets every count back to zero
+//   GET  /__issued-tokens         every access, ID and refresh token that the
+//                                 token endpoint returned, as a JSON list, so
+//                                 tests can check that no log contains one
 //   POST /__revoke-refresh-tokens revokes every refresh token issued so far,
 //                                 or only the account's with `?sub=LOGIN`, so
 //                                 a later refresh gets `invalid_grant`
@@ -162,7 +165,8 @@ function clientMetadata(settings, port) {
   };
 }
 
-function buildProvider(settings, issuer, port, stats, refreshTokens) {
+function buildProvider(settings, issuer, port, state) {
+  const { stats, refreshTokens, issuedTokens } = state;
   const provider = new Provider(issuer, {
     clients: [clientMetadata(settings, port)],
     jwks: signingKeys(),
@@ -227,6 +231,11 @@ function buildProvider(settings, issuer, port, stats, refreshTokens) {
       if (ctx.status >= 400) {
         stats.token_errors[grant] = (stats.token_errors[grant] ?? 0) + 1;
       }
+      for (const kind of ['access_token', 'id_token', 'refresh_token']) {
+        if (typeof ctx.body?.[kind] === 'string') {
+          issuedTokens.push(ctx.body[kind]);
+        }
+      }
     }
   });
 
@@ -262,6 +271,8 @@ async function handleTestRoute(req, res, url, state) {
   } else if (url.pathname === '/__stats/reset' && req.method === 'POST') {
     Object.assign(state.stats, emptyStats());
     sendJson(res, 200, state.stats);
+  } else if (url.pathname === '/__issued-tokens' && req.method === 'GET') {
+    sendJson(res, 200, state.issuedTokens);
   } else if (url.pathname === '/__revoke-refresh-tokens' && req.method === 'POST') {
     const sub = url.searchParams.get('sub');
     const revoked = await revokeRefreshTokens(state.provider, state.refreshTokens, sub);
@@ -273,7 +284,13 @@ async function handleTestRoute(req, res, url, state) {
 
 async function main() {
   const settings = readSettings();
-  const state = { stats: emptyStats(), refreshTokens: new Map(), provider: null, handler: null };
+  const state = {
+    stats: emptyStats(),
+    refreshTokens: new Map(),
+    issuedTokens: [],
+    provider: null,
+    handler: null,
+  };
 
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://127.0.0.1');
@@ -294,7 +311,7 @@ async function main() {
   const { port } = server.address();
   const issuer = `http://127.0.0.1:${port}`;
 
-  state.provider = buildProvider(settings, issuer, port, state.stats, state.refreshTokens);
+  state.provider = buildProvider(settings, issuer, port, state);
   state.handler = state.provider.callback();
 
   const stop = () => {
