@@ -45,7 +45,7 @@ Options:
   -V, --version      Print the version.
 
 The agent is reached through its socket in $TOLLGATE_RUNTIME_DIR, else
-$XDG_RUNTIME_DIR/tollgate, else $TMPDIR/tollgate-<uid>. When no agent answers,
+$XDG_RUNTIME_DIR/tollgate, else $TMPDIR/tollgate-<uid>. When no agent listens,
 the shim starts `tollgate-agent run` ($TOLLGATE_AGENT_BIN, else next to this
 program, else on PATH) and waits up to 5 seconds for it.
 
@@ -54,10 +54,10 @@ Exit status:
   1  the agent refused the request or it failed (quota, login, STS, protocol)
   2  usage error, or run from inside the agent (TOLLGATE_INSIDE_AGENT is set)
   3  no agent could be reached or started
-  4  the agent did not answer in time
+  4  the agent did not respond in time
 ";
 
-/// What the shim prints on success.
+/// The document format printed on success.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
     /// The AWS `credential_process` JSON.
@@ -72,12 +72,12 @@ pub enum Output {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     pub profile: String,
-    /// The longest wait for the next line from the agent.
+    /// The maximum wait for the next line from the agent.
     pub timeout: Duration,
     pub output: Output,
 }
 
-/// What the command line asks for.
+/// The action the command line selects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Run(Options),

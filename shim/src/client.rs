@@ -31,7 +31,7 @@ pub struct Deadline {
     last_activity: Instant,
 }
 
-/// Which limit of a [`Deadline`] ran out.
+/// The limit of a [`Deadline`] that ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expired {
     Idle,
@@ -48,12 +48,12 @@ impl Deadline {
         }
     }
 
-    /// The idle timeout.
+    /// Returns the idle timeout.
     pub fn idle(&self) -> Duration {
         self.idle
     }
 
-    /// The hard cap on the whole run.
+    /// Returns the hard cap on the whole run.
     pub fn hard_cap(&self) -> Duration {
         self.idle.saturating_mul(2)
     }
@@ -162,7 +162,7 @@ fn write_line(stream: &mut UnixStream, line: &[u8], deadline: &Deadline) -> io::
     stream.write_all(line)
 }
 
-/// Why reading a line stopped.
+/// The reason reading a line stopped.
 #[derive(Debug)]
 enum ReadError {
     Expired(Expired),
@@ -210,7 +210,7 @@ fn read_failure(error: ReadError, socket: &Path, deadline: &Deadline) -> Failure
              tollgate-credential-process, then retry",
         ),
         ReadError::Io(error) => Failure::failed(anyhow::Error::new(error).context(format!(
-            "failed to read the answer of the agent at {socket}"
+            "failed to read the response of the agent at {socket}"
         ))),
     }
 }

@@ -17,12 +17,12 @@ pub enum FailureKind {
     Usage,
     /// No agent could be reached or started. Exit 3.
     Unreachable,
-    /// The agent did not answer within the timeout. Exit 4.
+    /// The agent sent no response within the timeout. Exit 4.
     TimedOut,
 }
 
 impl FailureKind {
-    /// The process exit status for this class.
+    /// Returns the process exit status for this class.
     pub fn exit_status(self) -> u8 {
         match self {
             FailureKind::Failed => 1,

@@ -1,5 +1,5 @@
 //! Reaching the agent: connecting to its socket, and starting
-//! `tollgate-agent run` when nothing answers there.
+//! `tollgate-agent run` when nothing listens there.
 //!
 //! The agent is started detached: in its own process group, with stdin,
 //! stdout and stderr on `/dev/null`, and never waited for. An agent that
@@ -62,7 +62,7 @@ pub fn connect_or_start(
 
     let not_started = || {
         format!(
-            "no agent answered at {} and none could be started",
+            "no agent is listening at {} and none could be started",
             socket.display()
         )
     };
@@ -79,8 +79,9 @@ pub fn connect_or_start(
     wait_for_socket(socket, child, &binary, deadline, env)
 }
 
-/// Whether a connect error means no agent listens: the socket file is
-/// missing (or its folder is), or it is left over from an agent that exited.
+/// Returns whether a connect error means that no agent listens. That is
+/// the case when the socket file or its folder is missing, or when the file
+/// is left over from an agent that exited.
 fn agent_absent(error: &io::Error) -> bool {
     matches!(
         error.kind(),
@@ -151,8 +152,9 @@ fn spawn_detached(binary: &Path) -> anyhow::Result<Child> {
         .with_context(|| format!("failed to start `{} run`", binary.display()))
 }
 
-/// Retries the socket with a doubling delay until the agent answers, the
-/// start wait or the run's hard cap runs out, or the agent has exited.
+/// Retries the socket with a doubling delay until the agent accepts the
+/// connection, the start wait or the run's hard cap runs out, or the agent
+/// has exited.
 fn wait_for_socket(
     socket: &Path,
     mut child: Child,
@@ -208,7 +210,7 @@ fn wait_for_socket(
             };
             return Err(Failure::new(
                 FailureKind::Unreachable,
-                anyhow!("no agent answered at {}: {what}", socket.display()),
+                anyhow!("no agent is listening at {}: {what}", socket.display()),
             )
             .with_hint(start_by_hand_hint(env)));
         }
@@ -250,16 +252,16 @@ fn verify_peer(stream: UnixStream, socket: &Path) -> Result<UnixStream, Failure>
     Ok(stream)
 }
 
-/// NOTE: other Unix systems skip the peer check until it is written with
-/// their own call (`getpeereid`); the agent's 0700 runtime folder still
-/// keeps other users out.
+/// NOTE: other Unix systems skip the peer check, because their call for it
+/// (`getpeereid`) is not wired up yet. The agent's 0700 runtime folder
+/// still keeps other users out.
 #[cfg(not(target_os = "linux"))]
 fn verify_peer(stream: UnixStream, _socket: &Path) -> Result<UnixStream, Failure> {
     Ok(stream)
 }
 
-/// The next step when no agent can be reached: how to run it by hand and
-/// where it logs.
+/// Returns the next step when no agent can be reached: how to run it by
+/// hand and where it logs.
 pub fn start_by_hand_hint(env: &impl Fn(&str) -> Option<OsString>) -> String {
     let log = agent_log_path(env)
         .map(|path| format!(" or read its log at {}", path.display()))
@@ -267,8 +269,8 @@ pub fn start_by_hand_hint(env: &impl Fn(&str) -> Option<OsString>) -> String {
     format!("start the agent by hand with `tollgate-agent run --foreground` to see why{log}")
 }
 
-/// The agent's log file: `$XDG_STATE_HOME/tollgate/agent.log`, else
-/// `~/.local/state/tollgate/agent.log`.
+/// Returns the agent's log file: `$XDG_STATE_HOME/tollgate/agent.log`,
+/// else `~/.local/state/tollgate/agent.log`.
 fn agent_log_path(env: &impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
     let state = env("XDG_STATE_HOME")
         .filter(|value| !value.is_empty())

@@ -1,8 +1,9 @@
 //! `tollgate-credential-process`: the AWS `credential_process` shim.
 //!
-//! It asks the per-user Tollgate agent for credentials over the agent's
-//! Unix socket and prints them in the format the caller reads. It starts
-//! the agent when none answers, never reads stdin, needs no terminal, and
+//! It requests credentials from the per-user Tollgate agent over the
+//! agent's Unix socket and prints them in the format the caller reads. It
+//! starts the agent when none listens, never reads stdin, needs no terminal,
+//! and
 //! links no keyring, TLS or async runtime, because it runs once per
 //! credential request. See `--help` for the flags and exit statuses.
 
@@ -83,7 +84,7 @@ fn run(started: Instant) -> Result<(), Failure> {
     )?;
     let document = render_answer(&options, response, &socket)?;
     output::write_stdout(&document)
-        .context("failed to write the answer to stdout")
+        .context("failed to write the JSON document to stdout")
         .map_err(Failure::failed)
 }
 
@@ -128,10 +129,10 @@ fn render_answer(
             }
         }
         (_, other) => Err(Failure::failed(anyhow!(
-            "the agent at {} answered the {} request with an unexpected {} response",
+            "the agent at {} sent an unexpected {} response to the {} request",
             socket.display(),
-            request_name(options.output),
             response_name(&other),
+            request_name(options.output),
         ))
         .with_hint(
             "install matching versions of tollgate-agent and tollgate-credential-process, \

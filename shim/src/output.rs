@@ -2,8 +2,8 @@
 //!
 //! stdout gets exactly one JSON document and a newline on success, and
 //! nothing otherwise, because AWS SDKs parse all of it. stderr gets one line
-//! per progress note or failure, each starting with `tollgate: `; control
-//! characters from the agent are replaced so a line stays one line.
+//! per progress note or failure, each starting with `tollgate: `. Control
+//! characters from the agent are replaced, so each note stays one line.
 
 use std::io::{self, Write};
 
@@ -50,8 +50,8 @@ struct OtelHeaders<'a> {
     authorization: &'a str,
 }
 
-/// Room for a typical session token so the buffer that holds the secrets
-/// does not reallocate and leave unzeroed copies behind.
+/// Room for a typical session token, so the buffer that contains the
+/// secrets does not reallocate and leave unzeroed copies behind.
 const OUTPUT_CAPACITY: usize = 8 * 1024;
 
 /// Formats `time` as RFC 3339 UTC with a `Z` and whole seconds. Fractional

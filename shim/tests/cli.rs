@@ -229,7 +229,9 @@ fn unexpected_response_is_rejected() {
     assert_eq!(result.code(), 1);
     assert_eq!(result.stdout, "");
     assert!(
-        result.stderr.contains("unexpected done response"),
+        result
+            .stderr
+            .contains("unexpected done response to the get-credentials request"),
         "{}",
         result.stderr
     );

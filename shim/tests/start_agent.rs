@@ -1,4 +1,4 @@
-//! Runs the real shim binary with no agent answering, so it has to start
+//! Runs the real shim binary with no agent listening, so it has to start
 //! one. The started "agent" is this test binary run again in fake-agent
 //! mode (see [`fake_agent_process`]) through a small shell script that
 //! `TOLLGATE_AGENT_BIN` points at.
@@ -34,7 +34,7 @@ fn fake_agent_process() {
 }
 
 /// Records how the process was started, binds the socket (replacing a stale
-/// one) and answers credential requests until its lifetime ends.
+/// one) and responds to credential requests until its lifetime ends.
 fn serve_as_agent(report_dir: &Path) {
     let pid = std::process::id();
     let stat = fs::read_to_string("/proc/self/stat").expect("reading /proc/self/stat");
@@ -98,7 +98,8 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// The PID a start script recorded in `starts` (one `PID ARGS` line per start).
+/// Returns the PIDs a start script recorded in `starts` (one `PID ARGS`
+/// line per start).
 fn started_pids(starts: &Path) -> Vec<i32> {
     fs::read_to_string(starts)
         .unwrap_or_default()
@@ -107,7 +108,8 @@ fn started_pids(starts: &Path) -> Vec<i32> {
         .collect()
 }
 
-/// A script that records its start and runs this test binary as the agent.
+/// Writes a script that records its start and runs this test binary as
+/// the agent, and returns its path and the path of its start record.
 fn fake_agent_script(sandbox: &Sandbox) -> (PathBuf, PathBuf) {
     let starts = sandbox.path("starts");
     let test_binary = std::env::current_exe().unwrap();
@@ -211,7 +213,7 @@ fn agent_exiting_early_is_reported() {
     let socket = sandbox.socket().display().to_string();
     assert!(
         result.stderr.starts_with(&format!(
-            "tollgate: no agent answered at {socket}: started `"
+            "tollgate: no agent is listening at {socket}: started `"
         )),
         "{}",
         result.stderr
@@ -293,7 +295,7 @@ fn no_agent_binary_names_fix() {
     let socket = sandbox.socket().display().to_string();
     assert!(
         result.stderr.starts_with(&format!(
-            "tollgate: no agent answered at {socket} and none could be started\n"
+            "tollgate: no agent is listening at {socket} and none could be started\n"
         )),
         "{}",
         result.stderr

@@ -18,7 +18,7 @@ use tempfile::TempDir;
 
 pub const SHIM: &str = env!("CARGO_BIN_EXE_tollgate-credential-process");
 
-/// The longest a test waits for the shim before failing.
+/// The maximum time a test waits for the shim before failing.
 const RUN_LIMIT: Duration = Duration::from_secs(30);
 
 /// How long the fake agent waits for the shim to connect.
@@ -61,13 +61,13 @@ impl Sandbox {
         path
     }
 
-    /// A shim command with a clean environment: the runtime folder set, no
+    /// Returns a shim command with a clean environment: the runtime folder set, no
     /// profile, and an agent binary that records that it was started and
     /// fails, so a test that expects no start notices one.
     pub fn shim(&self, args: &[&str]) -> Command {
         fs::create_dir_all(self.runtime_dir()).expect("creating the runtime folder");
-        let refusing_agent = self.script(
-            "refusing-agent",
+        let unexpected_agent = self.script(
+            "unexpected-agent",
             &format!(
                 "echo started >> {}\nexit 1",
                 self.path("unexpected-starts").display()
@@ -80,11 +80,11 @@ impl Sandbox {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())
             .env("TOLLGATE_RUNTIME_DIR", self.runtime_dir())
-            .env("TOLLGATE_AGENT_BIN", refusing_agent);
+            .env("TOLLGATE_AGENT_BIN", unexpected_agent);
         command
     }
 
-    /// Whether the refusing agent of [`Sandbox::shim`] was started.
+    /// Returns how often the unexpected agent of [`Sandbox::shim`] was started.
     pub fn unexpected_starts(&self) -> usize {
         fs::read_to_string(self.path("unexpected-starts"))
             .map(|text| text.lines().count())
@@ -119,9 +119,11 @@ pub fn run(mut command: Command) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting the shim binary");
+
     let stdin = child.stdin.take();
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
+
     let (sender, receiver) = mpsc::channel();
     for (index, mut pipe) in [
         Box::new(stdout) as Box<dyn Read + Send>,
@@ -137,6 +139,7 @@ pub fn run(mut command: Command) -> Run {
             let _ = sender.send((index, text));
         });
     }
+
     let mut outputs = [None, None];
     for _ in 0..2 {
         let left = RUN_LIMIT.saturating_sub(started.elapsed());
@@ -149,6 +152,7 @@ pub fn run(mut command: Command) -> Run {
             }
         }
     }
+
     let status = child.wait().expect("waiting for the shim");
     let elapsed = started.elapsed();
     drop(stdin);
