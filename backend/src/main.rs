@@ -1,1 +1,5 @@
-fn main() {}
+//! The `tollgate` binary; see [`tollgate_backend::cli`].
+
+fn main() -> std::process::ExitCode {
+    tollgate_backend::cli::main()
+}

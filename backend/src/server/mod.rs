@@ -1,0 +1,127 @@
+//! The HTTP API: the router, its shared state, and the serve loop with
+//! graceful shutdown.
+//!
+//! Routes:
+//! - `GET /health`: store status and a warning when no policy exists.
+//! - `GET /v1/check`: the quota decision for the bearer token's user.
+
+mod check;
+mod error;
+mod health;
+mod trace;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::FromRef;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tollgate_quota::CountingConfig;
+
+use crate::auth::TokenValidator;
+use crate::store::Store;
+
+pub use error::ApiError;
+pub use health::NO_POLICY_WARNING;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub validator: Arc<TokenValidator>,
+    pub store: Arc<dyn Store>,
+    /// Which token types count toward the limits, with their weights.
+    pub counting: Arc<CountingConfig>,
+}
+
+impl FromRef<AppState> for Arc<TokenValidator> {
+    fn from_ref(state: &AppState) -> Self {
+        Arc::clone(&state.validator)
+    }
+}
+
+/// Builds the router with every route and the request logging layer.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/v1/check", get(check::check))
+        .layer(axum::middleware::from_fn(trace::trace_request))
+        .with_state(state)
+}
+
+/// Binds `address` and writes the bound `host:port` to `port_file`, if
+/// given, once the socket is listening.
+pub async fn bind(address: SocketAddr, port_file: Option<&Path>) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(address).await.with_context(|| {
+        format!("cannot listen on {address}; choose a free address with --listen")
+    })?;
+    let bound = listener
+        .local_addr()
+        .context("cannot read the bound address of the listening socket")?;
+    if let Some(port_file) = port_file {
+        write_port_file(port_file, bound)?;
+    }
+    Ok(listener)
+}
+
+/// Writes the bound address through a temporary file and a rename, so a
+/// reader polling for the file never sees it half-written.
+fn write_port_file(path: &Path, bound: SocketAddr) -> anyhow::Result<()> {
+    let mut temporary = PathBuf::from(path);
+    temporary.as_mut_os_string().push(".tmp");
+    std::fs::write(&temporary, bound.to_string())
+        .with_context(|| format!("cannot write the port file {}", temporary.display()))?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("cannot write the port file {}", path.display()))?;
+    Ok(())
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets
+/// in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let address = listener.local_addr().ok();
+    tracing::info!(address = ?address, "listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("the HTTP server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM (Ctrl-C on other platforms).
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+
+    tokio::select! {
+        () = interrupt => tracing::info!("received SIGINT, shutting down"),
+        () = terminate => tracing::info!("received SIGTERM, shutting down"),
+    }
+}

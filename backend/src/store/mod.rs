@@ -1,0 +1,165 @@
+//! The quota store: policies, usage counters, unblocks and the audit log.
+//!
+//! [`Store`] is the one interface the HTTP handlers and the admin CLI use.
+//! [`sqlite::SqliteStore`] implements it for `tollgate serve`; a DynamoDB
+//! implementation for the AWS deployment must pass the same
+//! [`suite`] of behaviour tests.
+//!
+//! Usage is kept as counters per user, UTC day, UTC month and token type,
+//! so reading one user's totals is a keyed lookup whatever the history size.
+
+pub mod sqlite;
+pub mod suite;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tollgate_protocol::check::PolicyKind;
+use tollgate_quota::policy::policy_kind_name;
+use tollgate_quota::{Policy, TokenType, TokenUsage, UnblockGrant};
+
+/// A failed store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage engine reported an error.
+    #[error("{operation} failed in the {backend} store")]
+    Backend {
+        backend: &'static str,
+        operation: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A stored value could not be decoded.
+    #[error("the store contains an invalid {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    /// The caller passed a value the store cannot keep.
+    #[error("{0}")]
+    InvalidInput(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The key of a policy: its kind and normalised identifier.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PolicyKey {
+    pub kind: PolicyKind,
+    pub identifier: String,
+}
+
+impl PolicyKey {
+    pub fn new(kind: PolicyKind, identifier: impl Into<String>) -> Self {
+        Self {
+            kind,
+            identifier: identifier.into(),
+        }
+    }
+
+    /// The key of `policy`.
+    pub fn of(policy: &Policy) -> Self {
+        Self::new(policy.kind, policy.identifier.clone())
+    }
+
+    /// `user`, `group` or `default`.
+    pub fn kind_name(&self) -> &'static str {
+        policy_kind_name(self.kind)
+    }
+}
+
+impl fmt::Display for PolicyKey {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}:{}", self.kind_name(), self.identifier)
+    }
+}
+
+/// Tokens of one type counted at one instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageEvent {
+    /// The normalised identity the tokens belong to.
+    pub user: String,
+    /// When the tokens were used; decides the UTC day and month they count in.
+    pub at: DateTime<Utc>,
+    pub token_type: TokenType,
+    pub tokens: u64,
+    /// A key that identifies this event across retries. An event whose key
+    /// was already recorded is ignored, so a batch delivered twice counts
+    /// once. `None` records unconditionally.
+    pub dedup_key: Option<String>,
+}
+
+/// One user's recorded usage, by token type, in the UTC day and the UTC
+/// month containing an instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageTotals {
+    pub daily: TokenUsage,
+    pub monthly: TokenUsage,
+}
+
+/// An audit log entry: who changed what, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    /// A local user name or an admin identity.
+    pub actor: String,
+    /// A dotted verb such as `policy.put` or `usage.record`.
+    pub action: String,
+    /// What the action touched, such as `user:ann@example.com`.
+    pub target: String,
+    /// Action-specific detail, such as the new policy.
+    pub detail: serde_json::Value,
+}
+
+/// Persistent state of the quota backend.
+///
+/// Implementations must be safe to share between request handlers. Every
+/// method is one round trip, and [`Store::usage`] must be a keyed lookup.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Reports whether the store answers, for the health endpoint.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Inserts or replaces the policy with the same key.
+    async fn put_policy(&self, policy: &Policy) -> StoreResult<()>;
+
+    /// Returns the policy with `key`, if any.
+    async fn policy(&self, key: &PolicyKey) -> StoreResult<Option<Policy>>;
+
+    /// Returns the policies that exist among `keys`, in no particular order.
+    /// The check uses it to load a user's, their groups' and the default
+    /// policy in one call.
+    async fn policies(&self, keys: &[PolicyKey]) -> StoreResult<Vec<Policy>>;
+
+    /// Returns every policy, ordered by kind (user, group, default) and id.
+    async fn list_policies(&self) -> StoreResult<Vec<Policy>>;
+
+    /// Counts the policies, enabled or not.
+    async fn count_policies(&self) -> StoreResult<u64>;
+
+    /// Deletes the policy with `key`; returns whether it existed.
+    async fn delete_policy(&self, key: &PolicyKey) -> StoreResult<bool>;
+
+    /// Adds `event.tokens` to the user's counters for the event's UTC day and
+    /// month. Returns `false`, changing nothing, when `event.dedup_key` was
+    /// already recorded.
+    async fn add_usage(&self, event: &UsageEvent) -> StoreResult<bool>;
+
+    /// Returns the user's totals for the UTC day and month containing `at`.
+    async fn usage(&self, user: &str, at: DateTime<Utc>) -> StoreResult<UsageTotals>;
+
+    /// Inserts or replaces the unblock of `grant.identity`.
+    async fn put_unblock(&self, grant: &UnblockGrant) -> StoreResult<()>;
+
+    /// Returns the user's latest unblock, expired or not; the quota decision
+    /// checks expiry.
+    async fn unblock(&self, user: &str) -> StoreResult<Option<UnblockGrant>>;
+
+    /// Deletes the user's unblock; returns whether one existed.
+    async fn delete_unblock(&self, user: &str) -> StoreResult<bool>;
+
+    /// Appends an entry to the audit log.
+    async fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()>;
+
+    /// Returns up to `limit` audit entries, newest first.
+    async fn read_audit(&self, limit: usize) -> StoreResult<Vec<AuditEntry>>;
+}

@@ -1,0 +1,530 @@
+//! The behaviour suite every [`Store`] implementation must pass.
+//!
+//! Call [`run_all`] from a test with a new, empty store. It panics, naming
+//! the failed case, on the first deviation. Cases use distinct users, so
+//! they share the store; the policy cases delete what they create.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::json;
+use tollgate_protocol::check::{Enforcement, PolicyKind};
+use tollgate_quota::{Identity, Policy, TokenType, TokenUsage, UnblockGrant};
+
+use super::{AuditEntry, PolicyKey, Store, UsageEvent};
+
+/// Runs every case against `store`, which must start empty.
+pub async fn run_all(store: Arc<dyn Store>) {
+    empty_store_has_nothing(store.as_ref()).await;
+    policies_round_trip(store.as_ref()).await;
+    policies_list_in_kind_order(store.as_ref()).await;
+    policies_lookup_by_keys(store.as_ref()).await;
+    usage_sums_per_type_and_period(store.as_ref()).await;
+    usage_splits_at_utc_boundaries(store.as_ref()).await;
+    usage_is_per_user(store.as_ref()).await;
+    usage_dedup_key_counts_once(store.as_ref()).await;
+    concurrent_usage_adds_are_not_lost(Arc::clone(&store)).await;
+    unblocks_round_trip(store.as_ref()).await;
+    audit_log_reads_newest_first(store.as_ref()).await;
+}
+
+fn at(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .expect("the suite's timestamps are valid RFC 3339")
+        .with_timezone(&Utc)
+}
+
+fn policy(kind: PolicyKind, identifier: &str, monthly: u64) -> Policy {
+    let created = Utc
+        .with_ymd_and_hms(2026, 1, 2, 3, 4, 5)
+        .single()
+        .expect("a valid date");
+    Policy::new(kind, identifier, monthly, created).expect("the suite's policies are valid")
+}
+
+fn event(user: &str, when: &str, token_type: TokenType, tokens: u64) -> UsageEvent {
+    UsageEvent {
+        user: user.to_owned(),
+        at: at(when),
+        token_type,
+        tokens,
+        dedup_key: None,
+    }
+}
+
+/// A new store answers, holds no policy, usage, unblock or audit entry.
+pub async fn empty_store_has_nothing(store: &dyn Store) {
+    store.ping().await.expect("empty store: ping");
+    assert_eq!(
+        store.count_policies().await.expect("count"),
+        0,
+        "empty store: policy count"
+    );
+    assert!(
+        store.list_policies().await.expect("list").is_empty(),
+        "empty store: list"
+    );
+    let key = PolicyKey::new(PolicyKind::Default, "default");
+    assert!(
+        store.policy(&key).await.expect("get").is_none(),
+        "empty store: default policy"
+    );
+    let usage = store
+        .usage("nobody@example.com", Utc::now())
+        .await
+        .expect("usage");
+    assert_eq!(
+        usage.daily,
+        TokenUsage::default(),
+        "empty store: daily usage"
+    );
+    assert_eq!(
+        usage.monthly,
+        TokenUsage::default(),
+        "empty store: monthly usage"
+    );
+    assert!(
+        store
+            .unblock("nobody@example.com")
+            .await
+            .expect("unblock")
+            .is_none(),
+        "empty store: unblock"
+    );
+    assert!(
+        store.read_audit(10).await.expect("audit").is_empty(),
+        "empty store: audit log"
+    );
+}
+
+/// A policy reads back equal, a put with the same key replaces it, and a
+/// delete removes it once.
+pub async fn policies_round_trip(store: &dyn Store) {
+    let mut user = policy(PolicyKind::User, "round.trip@example.com", 500_000_000);
+    user.daily_limit = Some(20_000_000);
+    user.daily_enforcement = Enforcement::Block;
+    user.warning_thresholds = "50,75,95".parse().expect("valid thresholds");
+    let key = PolicyKey::of(&user);
+
+    store.put_policy(&user).await.expect("put policy");
+    assert_eq!(
+        store.policy(&key).await.expect("get").as_ref(),
+        Some(&user),
+        "policy round trip"
+    );
+    assert_eq!(
+        store.count_policies().await.expect("count"),
+        1,
+        "count after put"
+    );
+
+    let mut changed = user.clone();
+    changed.monthly_limit = 1_000;
+    changed.enabled = false;
+    changed.monthly_enforcement = Enforcement::Alert;
+    store.put_policy(&changed).await.expect("replace policy");
+    assert_eq!(
+        store.policy(&key).await.expect("get").as_ref(),
+        Some(&changed),
+        "policy replaced"
+    );
+    assert_eq!(
+        store.count_policies().await.expect("count"),
+        1,
+        "replace keeps one policy"
+    );
+
+    assert!(
+        store.delete_policy(&key).await.expect("delete"),
+        "delete reports an existing policy"
+    );
+    assert!(
+        !store.delete_policy(&key).await.expect("delete"),
+        "second delete finds nothing"
+    );
+    assert!(
+        store.policy(&key).await.expect("get").is_none(),
+        "policy gone after delete"
+    );
+}
+
+/// The list is ordered user, group, default, then by identifier.
+pub async fn policies_list_in_kind_order(store: &dyn Store) {
+    let policies = [
+        policy(PolicyKind::Default, "default", 225_000_000),
+        policy(PolicyKind::Group, "zeta", 10),
+        policy(PolicyKind::User, "bob@example.com", 20),
+        policy(PolicyKind::Group, "alpha", 30),
+        policy(PolicyKind::User, "ann@example.com", 40),
+    ];
+    for policy in &policies {
+        store.put_policy(policy).await.expect("put policy");
+    }
+    let listed: Vec<String> = store
+        .list_policies()
+        .await
+        .expect("list")
+        .iter()
+        .map(|policy| PolicyKey::of(policy).to_string())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "user:ann@example.com",
+            "user:bob@example.com",
+            "group:alpha",
+            "group:zeta",
+            "default:default"
+        ],
+        "list order"
+    );
+    for policy in &policies {
+        store
+            .delete_policy(&PolicyKey::of(policy))
+            .await
+            .expect("delete");
+    }
+    assert_eq!(
+        store.count_policies().await.expect("count"),
+        0,
+        "list case cleans up"
+    );
+}
+
+/// `policies(keys)` returns exactly the stored policies among the keys.
+pub async fn policies_lookup_by_keys(store: &dyn Store) {
+    let group = policy(PolicyKind::Group, "Developers", 100);
+    let default = policy(PolicyKind::Default, "default", 200);
+    let other = policy(PolicyKind::Group, "ops", 300);
+    for policy in [&group, &default, &other] {
+        store.put_policy(policy).await.expect("put policy");
+    }
+    let keys = [
+        PolicyKey::new(PolicyKind::User, "lookup@example.com"),
+        PolicyKey::new(PolicyKind::Group, "Developers"),
+        // Group names are case-sensitive.
+        PolicyKey::new(PolicyKind::Group, "developers"),
+        PolicyKey::new(PolicyKind::Default, "default"),
+    ];
+    let mut found: Vec<String> = store
+        .policies(&keys)
+        .await
+        .expect("lookup")
+        .iter()
+        .map(|policy| PolicyKey::of(policy).to_string())
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        ["default:default", "group:Developers"],
+        "lookup by keys"
+    );
+    assert!(
+        store.policies(&[]).await.expect("empty lookup").is_empty(),
+        "lookup of no keys"
+    );
+    for policy in [&group, &default, &other] {
+        store
+            .delete_policy(&PolicyKey::of(policy))
+            .await
+            .expect("delete");
+    }
+}
+
+/// Adds to the same user, day and type sum; types are kept apart; the
+/// month sums every day in it.
+pub async fn usage_sums_per_type_and_period(store: &dyn Store) {
+    let user = "sums@example.com";
+    let adds = [
+        ("2026-03-10T08:00:00Z", TokenType::Input, 100),
+        ("2026-03-10T09:00:00Z", TokenType::Input, 50),
+        ("2026-03-10T09:30:00Z", TokenType::Output, 7),
+        ("2026-03-10T23:59:59Z", TokenType::CacheRead, 1_000),
+        ("2026-03-11T00:00:00Z", TokenType::Input, 3),
+        ("2026-03-02T12:00:00Z", TokenType::CacheCreation, 40),
+    ];
+    for (when, token_type, tokens) in adds {
+        assert!(
+            store
+                .add_usage(&event(user, when, token_type, tokens))
+                .await
+                .expect("add usage"),
+            "an event without a dedup key is always recorded"
+        );
+    }
+
+    let totals = store
+        .usage(user, at("2026-03-10T12:00:00Z"))
+        .await
+        .expect("usage");
+    let expected_day = TokenUsage {
+        input: 150,
+        output: 7,
+        cache_read: 1_000,
+        cache_creation: 0,
+    };
+    let expected_month = TokenUsage {
+        input: 153,
+        output: 7,
+        cache_read: 1_000,
+        cache_creation: 40,
+    };
+    assert_eq!(totals.daily, expected_day, "daily totals on 2026-03-10");
+    assert_eq!(totals.monthly, expected_month, "monthly totals for 2026-03");
+
+    let next_day = store
+        .usage(user, at("2026-03-11T18:00:00Z"))
+        .await
+        .expect("usage");
+    assert_eq!(next_day.daily.input, 3, "daily input on 2026-03-11");
+    assert_eq!(
+        next_day.monthly, expected_month,
+        "the month is the same on 2026-03-11"
+    );
+
+    let next_month = store
+        .usage(user, at("2026-04-01T00:00:00Z"))
+        .await
+        .expect("usage");
+    assert_eq!(
+        next_month.monthly,
+        TokenUsage::default(),
+        "April starts empty"
+    );
+}
+
+/// A timestamp counts in its own UTC day and month: the last millisecond of
+/// January and the first instant of February land apart, and an offset
+/// timestamp is converted to UTC first.
+pub async fn usage_splits_at_utc_boundaries(store: &dyn Store) {
+    let user = "boundary@example.com";
+    store
+        .add_usage(&event(
+            user,
+            "2026-01-31T23:59:59.999Z",
+            TokenType::Input,
+            1,
+        ))
+        .await
+        .expect("add");
+    store
+        .add_usage(&event(user, "2026-02-01T00:00:00Z", TokenType::Input, 10))
+        .await
+        .expect("add");
+    // 2026-02-01T01:00:00+02:00 is 2026-01-31T23:00:00Z.
+    store
+        .add_usage(&event(
+            user,
+            "2026-02-01T01:00:00+02:00",
+            TokenType::Input,
+            100,
+        ))
+        .await
+        .expect("add");
+
+    let january = store
+        .usage(user, at("2026-01-31T12:00:00Z"))
+        .await
+        .expect("usage");
+    assert_eq!(january.daily.input, 101, "January 31st daily");
+    assert_eq!(january.monthly.input, 101, "January monthly");
+    let february = store
+        .usage(user, at("2026-02-01T00:00:00Z"))
+        .await
+        .expect("usage");
+    assert_eq!(february.daily.input, 10, "February 1st daily");
+    assert_eq!(february.monthly.input, 10, "February monthly");
+}
+
+/// One user's usage never shows in another's totals.
+pub async fn usage_is_per_user(store: &dyn Store) {
+    store
+        .add_usage(&event(
+            "first@example.com",
+            "2026-05-05T05:05:05Z",
+            TokenType::Output,
+            500,
+        ))
+        .await
+        .expect("add");
+    let other = store
+        .usage("second@example.com", at("2026-05-05T06:00:00Z"))
+        .await
+        .expect("usage");
+    assert_eq!(
+        other.daily,
+        TokenUsage::default(),
+        "another user's daily usage"
+    );
+    assert_eq!(
+        other.monthly,
+        TokenUsage::default(),
+        "another user's monthly usage"
+    );
+}
+
+/// An event whose dedup key was recorded before changes nothing.
+pub async fn usage_dedup_key_counts_once(store: &dyn Store) {
+    let user = "dedup@example.com";
+    let mut first = event(user, "2026-06-01T10:00:00Z", TokenType::Input, 42);
+    first.dedup_key = Some("batch-1/point-1".to_owned());
+    assert!(
+        store.add_usage(&first).await.expect("add"),
+        "first delivery is recorded"
+    );
+    assert!(
+        !store.add_usage(&first).await.expect("add"),
+        "second delivery is a duplicate"
+    );
+
+    let mut second = first.clone();
+    second.dedup_key = Some("batch-1/point-2".to_owned());
+    assert!(
+        store.add_usage(&second).await.expect("add"),
+        "a new key is recorded"
+    );
+
+    let totals = store
+        .usage(user, at("2026-06-01T11:00:00Z"))
+        .await
+        .expect("usage");
+    assert_eq!(totals.daily.input, 84, "two distinct events, one duplicate");
+    assert_eq!(totals.monthly.input, 84, "monthly matches daily");
+}
+
+/// Adds racing from many tasks all land.
+pub async fn concurrent_usage_adds_are_not_lost(store: Arc<dyn Store>) {
+    let user = "concurrent@example.com";
+    let tasks: Vec<_> = (0..16)
+        .map(|task| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for index in 0..10 {
+                    let mut added = event(user, "2026-07-07T07:00:00Z", TokenType::Output, 3);
+                    added.dedup_key = Some(format!("concurrent-{task}-{index}"));
+                    store.add_usage(&added).await.expect("add");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("an adding task panicked");
+    }
+    let totals = store
+        .usage(user, at("2026-07-07T08:00:00Z"))
+        .await
+        .expect("usage");
+    assert_eq!(totals.daily.output, 16 * 10 * 3, "concurrent daily adds");
+    assert_eq!(
+        totals.monthly.output,
+        16 * 10 * 3,
+        "concurrent monthly adds"
+    );
+}
+
+/// An unblock reads back equal even after it expires, a new one replaces
+/// it, and a delete removes it once.
+pub async fn unblocks_round_trip(store: &dyn Store) {
+    let identity = Identity::parse("unblocked@example.com").expect("a valid identity");
+    let granted_at = at("2026-08-01T10:00:00.123456Z");
+    let grant = UnblockGrant {
+        identity: identity.clone(),
+        granted_by: "admin".to_owned(),
+        granted_at,
+        expires_at: granted_at + Duration::hours(24),
+        reason: "release week".to_owned(),
+    };
+    store.put_unblock(&grant).await.expect("put unblock");
+    assert_eq!(
+        store
+            .unblock(identity.as_str())
+            .await
+            .expect("read")
+            .as_ref(),
+        Some(&grant),
+        "unblock round trip"
+    );
+
+    let replacement = UnblockGrant {
+        expires_at: granted_at + Duration::hours(2),
+        reason: "shorter".to_owned(),
+        ..grant.clone()
+    };
+    store
+        .put_unblock(&replacement)
+        .await
+        .expect("replace unblock");
+    assert_eq!(
+        store
+            .unblock(identity.as_str())
+            .await
+            .expect("read")
+            .as_ref(),
+        Some(&replacement),
+        "unblock replaced, expired or not"
+    );
+    assert!(
+        store
+            .unblock("other@example.com")
+            .await
+            .expect("read")
+            .is_none(),
+        "other user"
+    );
+
+    assert!(
+        store
+            .delete_unblock(identity.as_str())
+            .await
+            .expect("delete"),
+        "delete finds it"
+    );
+    assert!(
+        !store
+            .delete_unblock(identity.as_str())
+            .await
+            .expect("delete"),
+        "then nothing"
+    );
+    assert!(
+        store
+            .unblock(identity.as_str())
+            .await
+            .expect("read")
+            .is_none(),
+        "unblock gone"
+    );
+}
+
+/// Audit entries read back newest first, limited, with their detail.
+pub async fn audit_log_reads_newest_first(store: &dyn Store) {
+    for index in 0..3 {
+        store
+            .append_audit(&AuditEntry {
+                at: at("2026-09-09T09:00:00Z") + Duration::minutes(index),
+                actor: "admin".to_owned(),
+                action: "policy.put".to_owned(),
+                target: format!("user:n{index}@example.com"),
+                detail: json!({ "index": index }),
+            })
+            .await
+            .expect("append audit");
+    }
+    let entries = store.read_audit(2).await.expect("read audit");
+    assert_eq!(entries.len(), 2, "audit limit");
+    assert_eq!(entries[0].target, "user:n2@example.com", "newest first");
+    assert_eq!(
+        entries[1].target, "user:n1@example.com",
+        "then the one before"
+    );
+    assert_eq!(
+        entries[0].detail,
+        json!({ "index": 2 }),
+        "audit detail round trip"
+    );
+    assert_eq!(
+        entries[0].at,
+        at("2026-09-09T09:02:00Z"),
+        "audit time round trip"
+    );
+}
