@@ -51,7 +51,7 @@ pub struct CheckInput<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// The decision: the wire answer plus what `tollgate quota show` and the
+/// The decision: the wire answer plus what admin commands and the
 /// alerting code need beyond it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {

@@ -170,7 +170,7 @@ fn restrictiveness_key(policy: &Policy) -> (bool, u64, bool, bool, u64, &str) {
 }
 
 impl fmt::Display for Explanation {
-    /// Writes the explanation `tollgate quota show` prints.
+    /// Writes the explanation as sentences for administrators.
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.rule, &self.applied) {
             (Rule::UserPolicy, Some(applied)) => write!(

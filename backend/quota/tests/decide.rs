@@ -591,3 +591,68 @@ fn answer_names_applied_policy() {
         decision.explanation
     );
 }
+
+mod invariants {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn enforcement() -> impl Strategy<Value = Enforcement> {
+        prop_oneof![Just(Alert), Just(Block)]
+    }
+
+    proptest! {
+        #[test]
+        fn decision_agrees_with_usage(
+            monthly_limit in 0u64..2_000,
+            daily_limit in proptest::option::of(0u64..200),
+            monthly_enforcement in enforcement(),
+            daily_enforcement in enforcement(),
+            monthly_tokens in 0u64..3_000,
+            daily_tokens in 0u64..300,
+            unblock_minutes in proptest::option::of(-120i64..120),
+        ) {
+            let policy = limits(monthly_limit, monthly_enforcement, daily_limit, daily_enforcement);
+            let mut scenario = Scenario::new(vec![policy], daily_tokens, monthly_tokens);
+            // A grant whose expiry is `unblock_minutes` from now; negative is expired.
+            scenario.unblock = unblock_minutes.map(|minutes| UnblockGrant {
+                expires_at: at(NOW) + TimeDelta::minutes(minutes),
+                ..grant("2025-01-15T07:00:00Z", UnblockDuration::Hours(1))
+            });
+            let decision = scenario.decide();
+            let answer = &decision.answer;
+
+            let monthly_over = monthly_tokens >= monthly_limit;
+            let daily_over = daily_limit.is_some_and(|limit| daily_tokens >= limit);
+            let monthly_blocks = monthly_over && monthly_enforcement == Block;
+            let daily_blocks = daily_over && daily_enforcement == Block;
+            let unblocked = unblock_minutes.is_some_and(|minutes| minutes > 0);
+
+            let expected = if (monthly_blocks || daily_blocks) && unblocked {
+                Reason::Unblocked
+            } else if monthly_blocks {
+                Reason::MonthlyLimitExceeded
+            } else if daily_blocks {
+                Reason::DailyLimitExceeded
+            } else if monthly_over || daily_over {
+                Reason::LimitAlert
+            } else {
+                Reason::WithinLimits
+            };
+            prop_assert_eq!(answer.reason, expected);
+            prop_assert_eq!(
+                answer.allowed,
+                !(monthly_blocks || daily_blocks) || unblocked
+            );
+            prop_assert_eq!(answer.unblock.is_some(), unblocked);
+
+            for usage in [&answer.usage.monthly, &answer.usage.daily] {
+                if let (Some(limit), Some(percent)) = (usage.limit, usage.percent) {
+                    prop_assert_eq!(percent >= 100.0, usage.tokens >= limit);
+                }
+                if let (Some(threshold), Some(percent)) = (usage.warning_threshold, usage.percent) {
+                    prop_assert!(f64::from(threshold) <= percent);
+                }
+            }
+        }
+    }
+}

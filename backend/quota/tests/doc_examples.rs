@@ -280,3 +280,24 @@ fn doc_amount_table_matches_code() {
         assert_eq!(format_amount(tokens), *formatted, "formatting {tokens}");
     }
 }
+
+#[test]
+fn doc_explanation_matches_code() {
+    let mut ops =
+        Policy::new(PolicyKind::Group, "ops", 200_000_000, at(NOW)).expect("a valid group policy");
+    ops.daily_limit = Some(7_000_000);
+    ops.daily_enforcement = Enforcement::Block;
+    let eng =
+        Policy::new(PolicyKind::Group, "eng", 300_000_000, at(NOW)).expect("a valid group policy");
+    let groups = ["eng".to_owned(), "ops".to_owned()];
+    let explanation = tollgate_quota::resolve(&alice(), &groups, &[eng, ops])
+        .explanation
+        .to_string();
+
+    let doc = std::fs::read_to_string(doc_path()).expect("docs/quotas.md is readable");
+    let quoted: Vec<&str> = doc
+        .lines()
+        .filter_map(|line| line.strip_prefix("> "))
+        .collect();
+    assert_eq!(quoted.join(" "), explanation);
+}
