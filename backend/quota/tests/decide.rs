@@ -607,10 +607,18 @@ mod invariants {
             daily_limit in proptest::option::of(0u64..200),
             monthly_enforcement in enforcement(),
             daily_enforcement in enforcement(),
-            monthly_tokens in 0u64..3_000,
-            daily_tokens in 0u64..300,
+            free_monthly_tokens in 0u64..3_000,
+            free_daily_tokens in 0u64..300,
+            monthly_offset in proptest::option::of(-3i64..=3),
+            daily_offset in proptest::option::of(-3i64..=3),
             unblock_minutes in proptest::option::of(-120i64..120),
         ) {
+            // Usage near each limit half the time, so usage == limit is common.
+            let near = |limit: u64, offset: Option<i64>, free: u64| {
+                offset.map_or(free, |offset| limit.saturating_add_signed(offset))
+            };
+            let monthly_tokens = near(monthly_limit, monthly_offset, free_monthly_tokens);
+            let daily_tokens = near(daily_limit.unwrap_or(0), daily_offset, free_daily_tokens);
             let policy = limits(monthly_limit, monthly_enforcement, daily_limit, daily_enforcement);
             let mut scenario = Scenario::new(vec![policy], daily_tokens, monthly_tokens);
             // A grant whose expiry is `unblock_minutes` from now; negative is expired.
