@@ -182,10 +182,11 @@ impl UnblockGrant {
         })
     }
 
-    /// Reports whether the unblock applies at `now`, which is from when it
-    /// was granted until just before it expires.
+    /// Reports whether the unblock applies at `now`: until just before it
+    /// expires. An instant before `granted_at` counts as active too, so a
+    /// grant written by a host whose clock runs ahead applies at once.
     pub fn is_active(&self, now: DateTime<Utc>) -> bool {
-        self.granted_at <= now && now < self.expires_at
+        now < self.expires_at
     }
 
     /// Converts the grant to the unblock the check answer carries.
@@ -359,7 +360,7 @@ mod tests {
         )
         .unwrap();
         let cases: &[(&str, bool)] = &[
-            ("2025-01-15T09:59:59Z", false),
+            ("2025-01-15T09:59:59Z", true),
             ("2025-01-15T10:00:00Z", true),
             ("2025-01-15T10:59:59.999Z", true),
             ("2025-01-15T11:00:00Z", false),
