@@ -68,8 +68,16 @@ struct KeySet {
 #[derive(Default)]
 struct RefreshState {
     jwks_uri: Option<String>,
+    /// The last download of any kind, successful or not.
     last_attempt: Option<Instant>,
+    /// The last download caused by a key id missing from a fresh set.
+    last_unknown_key_download: Option<Instant>,
     last_error: Option<String>,
+}
+
+/// Whether `since` is unset or at least `interval` ago.
+fn elapsed_at_least(since: Option<Instant>, interval: Duration) -> bool {
+    since.is_none_or(|instant| instant.elapsed() >= interval)
 }
 
 /// The issuer's keys, downloaded on demand and cached.
@@ -153,12 +161,22 @@ impl KeySource {
             return Ok(key);
         }
 
-        // Every download, failed or not, counts against the interval, so a
-        // failing issuer is not retried on each request either.
-        let may_download = !refreshed_meanwhile
-            && state
-                .last_attempt
-                .is_none_or(|attempt| attempt.elapsed() >= self.refetch_interval);
+        let may_download = if refreshed_meanwhile {
+            false
+        } else if current.fetched_at.is_some() && fresh {
+            // The set is fresh but lacks the key: a rotation, or a made-up
+            // kid. Only one such download per interval.
+            let allowed = elapsed_at_least(state.last_unknown_key_download, self.refetch_interval);
+            if allowed {
+                state.last_unknown_key_download = Some(Instant::now());
+            }
+            allowed
+        } else {
+            // Missing or stale: download, unless the last attempt (which
+            // failed) was within the interval, so a failing issuer is not
+            // asked again on every request.
+            elapsed_at_least(state.last_attempt, self.refetch_interval)
+        };
         if may_download {
             match self.download(&mut state).await {
                 Ok(count) => tracing::debug!(issuer = %self.issuer, count, "downloaded the JWKS"),
