@@ -1,0 +1,3 @@
+//! What the agent holds per profile between requests.
+
+pub mod session;

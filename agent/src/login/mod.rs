@@ -1,0 +1,90 @@
+//! Interactive OIDC login (authorization code with PKCE on a loopback
+//! redirect) and silent renewal with the refresh token.
+
+pub mod browser;
+pub mod callback;
+pub mod oidc;
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::session::IdentityTokens;
+use crate::config::Profile;
+use crate::progress::Progress;
+
+/// A failed login or token renewal. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error(
+        "the login callback port 127.0.0.1:{port} is in use ({cause}); close the program that listens there (`ss -ltnp 'sport = :{port}'` shows it) or set redirect_port in `{config}` to a free port that the identity provider also allows as redirect URI"
+    )]
+    PortBusy {
+        port: u16,
+        cause: String,
+        config: String,
+    },
+    #[error(
+        "OIDC discovery at {url} failed: {cause}; check `issuer` in the config and that the identity provider is reachable"
+    )]
+    Discovery { url: String, cause: String },
+    #[error("the login failed: {0}")]
+    Failed(String),
+    #[error(
+        "no browser login finished within {seconds} seconds; run `tollgate-agent login` again and finish the login in the browser, or raise login_timeout_seconds"
+    )]
+    TimedOut { seconds: u64 },
+    #[error("the agent is shutting down, so the login was cancelled")]
+    Cancelled,
+    #[error("the identity provider sent an ID token that failed validation: {0}")]
+    InvalidToken(String),
+}
+
+/// A failed renewal with the refresh token.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// The identity provider answered `invalid_grant`: the refresh token is
+    /// expired or revoked and must be dropped.
+    #[error("the identity provider rejected the refresh token (invalid_grant: {0})")]
+    Rejected(String),
+    /// Anything else (network, 5xx, an answer without an ID token): the
+    /// refresh token is kept for a later try.
+    #[error("renewing the ID token failed: {0}")]
+    Failed(String),
+}
+
+/// Runs a browser login for `profile`: binds the callback port first, then
+/// sends the login URL as progress, opens it in the browser, waits for the
+/// callback and exchanges the code.
+pub async fn interactive_login(
+    oidc: &oidc::Oidc,
+    profile: &Profile,
+    config_path: &Path,
+    progress: &Progress,
+    on_url: impl FnOnce(&str),
+    cancel: &CancellationToken,
+) -> Result<IdentityTokens, LoginError> {
+    let listener = callback::CallbackListener::bind(profile.redirect_port, config_path)?;
+    let pending = oidc.begin(profile).await?;
+    let url = pending.url().to_string();
+    on_url(&url);
+    progress.send(
+        format!(
+            "Log in for Tollgate profile `{}` in your browser. If it did not open, open this URL: {url}",
+            profile.name
+        ),
+        Some(url.clone()),
+    );
+    tracing::info!(profile = %profile.name, port = profile.redirect_port, "waiting for the browser login");
+    browser::open_in_background(url, profile.name.clone(), progress.clone());
+    let code = listener
+        .wait(
+            pending.state(),
+            &profile.issuer,
+            Duration::from_secs(profile.login_timeout_seconds),
+            cancel,
+        )
+        .await?;
+    oidc.finish(profile, pending, code).await
+}

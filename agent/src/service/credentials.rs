@@ -1,0 +1,354 @@
+//! Credential, ID token and login requests: the single-flight path that
+//! logs in, renews tokens, checks the quota and calls STS as needed.
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use tollgate_protocol::agent::{Credentials, ErrorKind, Response};
+
+use super::{Agent, AgentError, ProfileState};
+use crate::cache::session::{IdentityTokens, StsCredentials};
+use crate::config::{FailMode, Profile};
+use crate::expiration::{credentials_usable, reported_expiration};
+use crate::login::{self, RefreshError};
+use crate::progress::Progress;
+use crate::quota;
+use crate::sts::{AssumeRoleRequest, session_name};
+
+impl Agent {
+    /// Waits for the profile's single-flight lock. A request that has to
+    /// wait behind a browser login gets the login URL as progress.
+    async fn enter_flight<'a>(
+        &self,
+        profile: &Profile,
+        state: &'a ProfileState,
+        progress: &Progress,
+    ) -> tokio::sync::MutexGuard<'a, ()> {
+        if let Ok(guard) = state.flight.try_lock() {
+            return guard;
+        }
+        let pending_url = state.session().pending_login_url.clone();
+        if let Some(url) = pending_url {
+            progress.send(
+                format!(
+                    "A login for Tollgate profile `{}` is waiting for the browser: {url}",
+                    profile.name
+                ),
+                Some(url),
+            );
+        }
+        state.flight.lock().await
+    }
+
+    pub(super) async fn get_credentials(
+        &self,
+        name: &str,
+        interactive: bool,
+        progress: &Progress,
+    ) -> Result<Response, AgentError> {
+        let config = self.config.current()?;
+        let profile = config.profile(name)?.clone();
+        let state = self.profile_state(&profile).await;
+        let _flight = self.enter_flight(&profile, &state, progress).await;
+
+        let now = Utc::now();
+        let (cached, recheck_due) = {
+            let session = state.session();
+            let cached = session
+                .stored
+                .credentials
+                .clone()
+                .filter(|credentials| credentials_usable(credentials.expiration, now));
+            let recheck_due = profile.quota_url.is_some()
+                && session.last_quota_check.is_none_or(|checked| {
+                    now - checked >= Duration::minutes(i64::from(profile.quota_recheck_minutes))
+                });
+            (cached, recheck_due)
+        };
+        if let Some(credentials) = &cached
+            && !recheck_due
+        {
+            tracing::debug!(profile = name, "handing out cached credentials");
+            return Ok(self.hand_out(&profile, &state, credentials));
+        }
+
+        let tokens = self
+            .ensure_tokens(&profile, &state, interactive, progress)
+            .await?;
+        if let Some(quota_url) = &profile.quota_url {
+            self.check_quota(&profile, &state, quota_url, &tokens)
+                .await?;
+        }
+        let credentials = match cached {
+            Some(credentials) => credentials,
+            None => self.assume_role(&profile, &state, &tokens).await?,
+        };
+        Ok(self.hand_out(&profile, &state, &credentials))
+    }
+
+    fn hand_out(
+        &self,
+        profile: &Profile,
+        state: &ProfileState,
+        credentials: &StsCredentials,
+    ) -> Response {
+        // Without a successful check (the check failed open) the re-check
+        // is due now.
+        let next_recheck = profile.quota_url.as_ref().map(|_| {
+            state
+                .session()
+                .last_quota_check
+                .map(|checked| {
+                    checked + Duration::minutes(i64::from(profile.quota_recheck_minutes))
+                })
+                .unwrap_or_else(Utc::now)
+        });
+        let expiration = reported_expiration(credentials.expiration, next_recheck, Utc::now());
+        tracing::info!(profile = %profile.name, access_key_id = %credentials.access_key_id, sts_expiration = %credentials.expiration, reported_expiration = %expiration, "handed out credentials");
+        Response::Credentials(Credentials {
+            access_key_id: credentials.access_key_id.clone(),
+            secret_access_key: credentials.secret_access_key.clone(),
+            session_token: credentials.session_token.clone(),
+            expiration,
+        })
+    }
+
+    async fn assume_role(
+        &self,
+        profile: &Profile,
+        state: &ProfileState,
+        tokens: &IdentityTokens,
+    ) -> Result<StsCredentials, AgentError> {
+        let request = AssumeRoleRequest {
+            role_arn: profile.role_arn.clone(),
+            session_name: session_name(&tokens.identity),
+            web_identity_token: tokens.id_token.clone(),
+            duration_seconds: i32::try_from(profile.session_duration_minutes * 60)
+                .expect("session duration is at most 720 minutes"),
+            region: profile.region.clone(),
+            endpoint: profile.sts_endpoint.clone(),
+        };
+        let credentials = self.sts.assume_role(request).await.map_err(|error| {
+            AgentError::new(
+                ErrorKind::StsFailed,
+                format!("{error}. Check that the role's trust policy allows this identity provider and audience, and that session_duration_minutes is within the role's maximum session duration."),
+            )
+        })?;
+        tracing::info!(profile = %profile.name, access_key_id = %credentials.access_key_id, expiration = %credentials.expiration, assumed_role = credentials.assumed_role_arn.as_deref().unwrap_or("-"), "assumed the role");
+        let stored = {
+            let mut session = state.session();
+            session.stored.credentials = Some(credentials.clone());
+            session.stored.role_arn = Some(profile.role_arn.clone());
+            session.stored.clone()
+        };
+        self.persist(&profile.name, stored).await;
+        Ok(credentials)
+    }
+
+    /// Checks the quota. A refusal drops cached credentials; a failed check
+    /// is decided by the profile's fail mode.
+    async fn check_quota(
+        &self,
+        profile: &Profile,
+        state: &ProfileState,
+        quota_url: &str,
+        tokens: &IdentityTokens,
+    ) -> Result<(), AgentError> {
+        match quota::check(self.oidc.http(), quota_url, &tokens.id_token).await {
+            Ok(answer) if answer.allowed => {
+                tracing::debug!(profile = %profile.name, reason = ?answer.reason, "the quota check allowed access");
+                let mut session = state.session();
+                session.last_quota = Some(answer);
+                session.last_quota_check = Some(Utc::now());
+                Ok(())
+            }
+            Ok(answer) => {
+                let message = quota::blocked_message(&profile.name, &answer);
+                tracing::warn!(profile = %profile.name, reason = ?answer.reason, "the quota backend refused credentials");
+                let stored = {
+                    let mut session = state.session();
+                    session.last_quota = Some(answer.clone());
+                    let had_credentials = session.stored.credentials.is_some();
+                    session.drop_credentials();
+                    had_credentials.then(|| session.stored.clone())
+                };
+                if let Some(stored) = stored {
+                    tracing::info!(profile = %profile.name, "dropped the cached credentials after the quota block");
+                    self.persist(&profile.name, stored).await;
+                }
+                let mut error = AgentError::new(ErrorKind::QuotaBlocked, message);
+                error.quota = Some(answer);
+                Err(error)
+            }
+            Err(failed) => match profile.fail_mode {
+                FailMode::Open => {
+                    tracing::warn!(profile = %profile.name, error = %failed, "the quota check failed; handing out credentials because fail_mode is open");
+                    Ok(())
+                }
+                FailMode::Closed => {
+                    tracing::warn!(profile = %profile.name, error = %failed, "the quota check failed; refusing credentials because fail_mode is closed");
+                    Err(AgentError::new(
+                        ErrorKind::QuotaCheckFailed,
+                        format!(
+                            "{failed}. Profile `{}` fails closed, so no credentials were handed out. Check that the quota backend is reachable and retry, or ask your administrator whether fail_mode = \"open\" is acceptable in `{}`.",
+                            profile.name,
+                            self.config.path().display()
+                        ),
+                    ))
+                }
+            },
+        }
+    }
+
+    /// Returns a valid ID token, renewing it with the refresh token when it
+    /// nears expiry, and logging in when `interactive` allows it.
+    async fn ensure_tokens(
+        &self,
+        profile: &Profile,
+        state: &ProfileState,
+        interactive: bool,
+        progress: &Progress,
+    ) -> Result<IdentityTokens, AgentError> {
+        let now = Utc::now();
+        let current = state.session().stored.tokens.clone();
+        let mut renewal_failure = None;
+        if let Some(tokens) = &current {
+            if !tokens.id_token_needs_renewal(now) {
+                return Ok(tokens.clone());
+            }
+            match &tokens.refresh_token {
+                Some(refresh_token) => match self.oidc.refresh(profile, refresh_token).await {
+                    Ok(renewed) => {
+                        self.store_tokens(profile, state, renewed.clone()).await;
+                        return Ok(renewed);
+                    }
+                    Err(RefreshError::Rejected(description)) => {
+                        tracing::warn!(profile = %profile.name, %description, "the refresh token was rejected; dropping it");
+                        let stored = {
+                            let mut session = state.session();
+                            if let Some(tokens) = session.stored.tokens.as_mut() {
+                                tokens.refresh_token = None;
+                            }
+                            session.stored.clone()
+                        };
+                        self.persist(&profile.name, stored).await;
+                        renewal_failure = Some(RefreshError::Rejected(description).to_string());
+                    }
+                    Err(error) => {
+                        tracing::warn!(profile = %profile.name, %error, "renewing the ID token failed; keeping the refresh token");
+                        renewal_failure = Some(error.to_string());
+                    }
+                },
+                None => {
+                    tracing::debug!(profile = %profile.name, "the ID token nears expiry and there is no refresh token")
+                }
+            }
+            if tokens.id_token_valid(now) {
+                return Ok(tokens.clone());
+            }
+        }
+        if !interactive {
+            let mut error = AgentError::new(
+                ErrorKind::LoginRequired,
+                format!(
+                    "Tollgate profile `{}` has no valid login; run `tollgate-agent login --profile {}`",
+                    profile.name, profile.name
+                ),
+            );
+            if let Some(cause) = renewal_failure {
+                error = error.with_cause(cause);
+            }
+            return Err(error);
+        }
+        self.run_login(profile, state, progress).await
+    }
+
+    async fn run_login(
+        &self,
+        profile: &Profile,
+        state: &ProfileState,
+        progress: &Progress,
+    ) -> Result<IdentityTokens, AgentError> {
+        let result = login::interactive_login(
+            &self.oidc,
+            profile,
+            self.config.path(),
+            progress,
+            |url| state.session().pending_login_url = Some(url.to_string()),
+            &self.shutdown,
+        )
+        .await;
+        state.session().pending_login_url = None;
+        let tokens = result.map_err(|error| {
+            tracing::warn!(profile = %profile.name, %error, "the login failed");
+            AgentError::from(error)
+        })?;
+        self.store_tokens(profile, state, tokens.clone()).await;
+        Ok(tokens)
+    }
+
+    /// Keeps new tokens; a different identity than before drops the
+    /// credentials and quota answer that belonged to the old one.
+    async fn store_tokens(&self, profile: &Profile, state: &ProfileState, tokens: IdentityTokens) {
+        let stored = {
+            let mut session = state.session();
+            let same_identity = session
+                .stored
+                .tokens
+                .as_ref()
+                .is_some_and(|previous| previous.identity == tokens.identity);
+            if !same_identity {
+                session.drop_credentials();
+                session.last_quota = None;
+            }
+            session.stored.tokens = Some(tokens);
+            session.stored.clone()
+        };
+        self.persist(&profile.name, stored).await;
+    }
+
+    pub(super) async fn get_id_token(&self, name: &str) -> Result<Response, AgentError> {
+        let config = self.config.current()?;
+        let profile = config.profile(name)?.clone();
+        let state = self.profile_state(&profile).await;
+        let _flight = self.enter_flight(&profile, &state, &Progress::none()).await;
+        let tokens = self
+            .ensure_tokens(&profile, &state, false, &Progress::none())
+            .await?;
+        Ok(Response::IdToken {
+            token: tokens.id_token,
+            expiration: tokens.id_token_expiration,
+        })
+    }
+
+    pub(super) async fn login(
+        &self,
+        name: &str,
+        device_code: bool,
+        progress: &Progress,
+    ) -> Result<Response, AgentError> {
+        if device_code {
+            return Err(AgentError::new(
+                ErrorKind::LoginFailed,
+                "this agent does not support the device code login yet; run `tollgate-agent login` for the browser login",
+            ));
+        }
+        let config = self.config.current()?;
+        let profile = config.profile(name)?.clone();
+        let state: Arc<ProfileState> = self.profile_state(&profile).await;
+        let _flight = self.enter_flight(&profile, &state, progress).await;
+        let tokens = self.run_login(&profile, &state, progress).await?;
+        Ok(Response::Done {
+            message: format!(
+                "Logged in to profile `{name}` as {}; the ID token expires at {}{}.",
+                tokens.identity,
+                tokens.id_token_expiration.format("%Y-%m-%d %H:%M:%S UTC"),
+                if tokens.refresh_token.is_some() {
+                    " and is renewed with the refresh token"
+                } else {
+                    ", and the provider sent no refresh token"
+                }
+            ),
+        })
+    }
+}
