@@ -537,8 +537,15 @@ impl Stack {
 
     /// Runs the shim for a profile with extra arguments.
     pub fn shim_with_args(&self, base: &str, args: &[&str]) -> Result<RunOutput> {
+        let mut args_with_profile = vec!["--profile", self.profile(base)];
+        args_with_profile.extend_from_slice(args);
+        self.shim_raw(&args_with_profile)
+    }
+
+    /// Runs the shim with exactly these arguments.
+    pub fn shim_raw(&self, args: &[&str]) -> Result<RunOutput> {
         let mut command = self.command(binary(SHIM)?);
-        command.arg("--profile").arg(self.profile(base)).args(args);
+        command.args(args);
         self.run(command, "shim")
     }
 
@@ -577,12 +584,10 @@ impl Stack {
     }
 
     /// Starts `tollgate-agent run --foreground` with the stack's
-    /// environment and waits until its socket accepts a connection.
+    /// environment and waits until its socket accepts a connection. The
+    /// harness stops it with the stack.
     pub fn start_agent(&mut self) -> Result<()> {
-        let mut command = self.command(binary(AGENT)?);
-        command.args(["run", "--foreground"]);
-        let mut service =
-            Service::spawn("agent-foreground", command, &self.dir.path().join("logs"))?;
+        let mut service = self.spawn_agent("agent-foreground")?;
         let socket = self.socket_path();
         wait_for("the agent's socket", AGENT_START_TIMEOUT, || {
             service.ensure_running()?;
@@ -590,6 +595,14 @@ impl Stack {
         })?;
         self.agent = Some(service);
         Ok(())
+    }
+
+    /// Starts `tollgate-agent run --foreground` without waiting for it,
+    /// logging to `<dir>/logs/<name>.log`. The caller owns the process.
+    pub fn spawn_agent(&self, name: &str) -> Result<Service> {
+        let mut command = self.command(binary(AGENT)?);
+        command.args(["run", "--foreground"]);
+        Service::spawn(name, command, &self.dir.path().join("logs"))
     }
 
     /// Returns the ids of running agents started with this stack's HOME,

@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Shows Tollgate end to end on this machine, with every server on 127.0.0.1:
+#   - `tollgate serve` with an SQLite database and a default quota policy,
+#   - a local OpenID Connect provider (npm oidc-provider) with a demo user,
+#   - moto_server standing in for AWS STS,
+#   - the agent, logging the demo user in through a scripted browser,
+#   - the real AWS CLI getting credentials through the credential_process
+#     shim and printing the assumed-role identity,
+#   - then the backend stopped and the profile set to fail closed, so the
+#     shim refuses and says why.
+# Everything lives in a temporary HOME, and every process the script starts
+# is stopped by its PID on exit, Ctrl-C included.
+#
+# Environment:
+#   TOLLGATE_CARGO_TARGET  the cargo target folder (/var/cache/tollgate/target)
+#   TOLLGATE_DEMO_USER     the demo user's login (demo@example.com)
+#   TOLLGATE_DEMO_KEEP=1   keep the temporary folder with the logs
+
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+user="${TOLLGATE_DEMO_USER:-demo@example.com}"
+pids=()
+work=""
+
+heading() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+note() { printf '   %s\n' "$*"; }
+
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ -n "$work" ]]; then
+    if [[ "${TOLLGATE_DEMO_KEEP:-}" == 1 ]]; then
+      note "logs kept in $work/logs"
+    else
+      rm -rf "$work"
+    fi
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Prints a TCP port on 127.0.0.1 that is free now.
+free_port() {
+  /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits up to $2 seconds for the command in $3... to succeed.
+wait_until() {
+  local what="$1" seconds="$2"
+  shift 2
+  local deadline=$((SECONDS + seconds))
+  until "$@" 2>/dev/null; do
+    if ((SECONDS >= deadline)); then
+      echo "demo: timed out after ${seconds}s waiting for $what" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+}
+
+heading "Preparing"
+venv_bin="$(scripts/install-deps.sh | tail -n 1)"
+export CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
+export RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}"
+export CARGO_TARGET_DIR="${TOLLGATE_CARGO_TARGET:-/var/cache/tollgate/target}"
+note "building the workspace (cargo target folder: $CARGO_TARGET_DIR)"
+cargo build --workspace --bins --quiet
+bin="$CARGO_TARGET_DIR/debug"
+
+work="$(mktemp -d -t tollgate-demo.XXXXXX)"
+mkdir -p "$work/logs" "$work/home" "$work/run" "$work/backend"
+chmod 0700 "$work/run"
+home="$work/home"
+
+# The environment of every Tollgate and AWS command below: a throwaway
+# HOME, no AWS credentials but the profile's, and all AWS calls to moto.
+redirect_port="$(free_port)"
+moto_port="$(free_port)"
+export HOME="$home"
+export XDG_CONFIG_HOME="$home/.config" XDG_STATE_HOME="$home/.local/state"
+export XDG_DATA_HOME="$home/.local/share" XDG_CACHE_HOME="$home/.cache"
+export XDG_RUNTIME_DIR="$work/run"
+export TOLLGATE_CONFIG="$home/.config/tollgate/agent.toml"
+export TOLLGATE_AGENT_BIN="$bin/tollgate-agent"
+export AWS_CONFIG_FILE="$home/.aws/config"
+export AWS_SHARED_CREDENTIALS_FILE="$home/.aws/credentials"
+export AWS_EC2_METADATA_DISABLED=true
+export AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port"
+export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+export BROWSER="$repo/tests/support/browser"
+export TOLLGATE_TEST_LOGIN="$user"
+export TOLLGATE_TEST_BROWSER_LOG="$work/logs/browser.log"
+export PATH="$venv_bin:$PATH"
+unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_PROFILE
+
+heading "Starting the OpenID Connect provider"
+OIDC_REDIRECT_PORTS="$redirect_port" node tests/support/oidc/server.mjs --port 0 \
+  >"$work/logs/oidc.out" 2>"$work/logs/oidc.log" &
+pids+=($!)
+wait_until "the OIDC provider" 30 grep -q '^ready ' "$work/logs/oidc.out"
+issuer="$(sed -n 's/^ready //p' "$work/logs/oidc.out")"
+note "issuer $issuer, client tollgate-cli, demo user $user"
+
+heading "Starting moto_server as AWS STS"
+moto_server -H 127.0.0.1 -p "$moto_port" >"$work/logs/moto.log" 2>&1 &
+pids+=($!)
+wait_until "moto_server" 60 curl -sf -o /dev/null --noproxy '*' "$AWS_ENDPOINT_URL/moto-api/"
+note "STS at $AWS_ENDPOINT_URL"
+
+heading "Starting the quota backend"
+export TOLLGATE_DB="$work/backend/tollgate.db"
+"$bin/tollgate" serve --listen 127.0.0.1:0 --issuer "$issuer" --audience tollgate-cli \
+  --port-file "$work/backend/port" >"$work/logs/backend.log" 2>&1 &
+backend_pid=$!
+pids+=("$backend_pid")
+wait_until "the backend's port file" 30 grep -q ':' "$work/backend/port"
+backend_url="http://$(cat "$work/backend/port")"
+note "tollgate serve at $backend_url, database $TOLLGATE_DB"
+
+heading "Setting the default quota policy"
+"$bin/tollgate" quota set-default --monthly-limit 225M --daily-limit auto \
+  --enforcement block --daily-enforcement alert
+"$bin/tollgate" quota list
+
+heading "Writing the agent configuration and ~/.aws/config"
+mkdir -p "$(dirname "$TOLLGATE_CONFIG")" "$home/.aws"
+write_agent_config() {
+  cat >"$TOLLGATE_CONFIG" <<EOF
+[profiles.demo]
+issuer = "$issuer"
+client_id = "tollgate-cli"
+redirect_port = $redirect_port
+role_arn = "arn:aws:iam::123456789012:role/ClaudeCodeBedrock"
+region = "us-east-1"
+session_duration_minutes = 60
+sts_endpoint = "$AWS_ENDPOINT_URL"
+quota_url = "$backend_url"
+quota_recheck_minutes = $1
+fail_mode = "$2"
+EOF
+}
+write_agent_config 30 open
+cat >"$AWS_CONFIG_FILE" <<EOF
+[profile demo]
+credential_process = $bin/tollgate-credential-process --profile demo
+region = us-east-1
+EOF
+: >"$AWS_SHARED_CREDENTIALS_FILE"
+sed 's/^/   /' "$TOLLGATE_CONFIG"
+sed 's/^/   /' "$AWS_CONFIG_FILE"
+
+heading "Starting the agent"
+"$bin/tollgate-agent" run --foreground >"$work/logs/agent.stderr.log" 2>&1 &
+pids+=($!)
+wait_until "the agent's socket" 30 test -S "$XDG_RUNTIME_DIR/tollgate/agent.sock"
+note "agent socket $XDG_RUNTIME_DIR/tollgate/agent.sock"
+
+heading "Logging in as $user (the scripted browser fills in the login page)"
+"$bin/tollgate-agent" login --profile demo
+"$bin/tollgate-agent" status --profile demo
+
+heading "aws sts get-caller-identity --profile demo"
+aws sts get-caller-identity --profile demo --output json
+
+heading "Stopping the backend and setting the profile to fail closed"
+kill "$backend_pid"
+wait "$backend_pid" 2>/dev/null || true
+write_agent_config 0 closed
+note "fail_mode = \"closed\", quota_recheck_minutes = 0 (check on every request)"
+
+heading "The shim refuses"
+status=0
+"$bin/tollgate-credential-process" --profile demo >/dev/null || status=$?
+note "exit status $status"
+if ((status == 0)); then
+  echo "demo: the shim handed out credentials while the quota backend was down" >&2
+  exit 1
+fi
+
+heading "Done"
+note "every process started here is stopped on exit"
