@@ -7,7 +7,7 @@
 #   - the real AWS CLI getting credentials through the credential_process
 #     shim and printing the assumed-role identity,
 #   - then the backend stopped and the profile set to fail closed, so the
-#     shim refuses and says why.
+#     shim rejects the request and prints the reason.
 # Everything lives in a temporary HOME, and every process the script starts
 # is stopped by its PID on exit, Ctrl-C included.
 #
@@ -17,6 +17,12 @@
 #   TOLLGATE_DEMO_KEEP=1   keep the temporary folder with the logs
 
 set -euo pipefail
+
+# Run inside a private D-Bus session, so the agent caches the demo login in
+# a gnome-keyring that lives in the temporary HOME and ends with the demo.
+if [[ -z "${TOLLGATE_DEMO_IN_SESSION:-}" ]]; then
+  TOLLGATE_DEMO_IN_SESSION=1 exec dbus-run-session -- "$0" "$@"
+fi
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -67,6 +73,13 @@ wait_until() {
   done
 }
 
+# Succeeds once a process owns the Secret Service name on the session bus.
+# NameHasOwner does not start a service through D-Bus activation.
+secret_service_running() {
+  dbus-send --session --print-reply --dest=org.freedesktop.DBus /org/freedesktop/DBus \
+    org.freedesktop.DBus.NameHasOwner string:org.freedesktop.secrets | grep -q 'boolean true'
+}
+
 heading "Preparing"
 venv_bin="$(scripts/install-deps.sh | tail -n 1)"
 export CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
@@ -101,6 +114,14 @@ export TOLLGATE_TEST_LOGIN="$user"
 export TOLLGATE_TEST_BROWSER_LOG="$work/logs/browser.log"
 export PATH="$venv_bin:$PATH"
 unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_PROFILE
+
+heading "Starting gnome-keyring on a private D-Bus session"
+printf 'demo-keyring-password' >"$work/keyring-password"
+gnome-keyring-daemon --foreground --unlock --components=secrets \
+  <"$work/keyring-password" >"$work/logs/gnome-keyring.log" 2>&1 &
+pids+=($!)
+wait_until "the Secret Service" 30 secret_service_running
+note "the agent caches the login in the Secret Service"
 
 heading "Starting the OpenID Connect provider"
 OIDC_REDIRECT_PORTS="$redirect_port" node tests/support/oidc/server.mjs --port 0 \

@@ -23,8 +23,8 @@ section() { printf '\n==> %s\n' "$*"; }
 section "Installing test dependencies"
 venv_bin="$(scripts/install-deps.sh | tail -n 1)"
 
-# Cargo, rustup and pyenv find their homes through HOME unless told, and
-# HOME is replaced below, so pin them first.
+# Cargo, rustup and pyenv find their homes through HOME unless their own
+# variables are set, and HOME is replaced below, so set those first.
 export CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
 export RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}"
 if [[ -d "$HOME/.pyenv" ]]; then

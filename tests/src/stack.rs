@@ -726,6 +726,16 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        // Log out first, so that no test session stays in a keyring that
+        // outlives the stack (the kernel keyring, or a developer's own
+        // Secret Service when the tests run outside scripts/test.sh).
+        if UnixStream::connect(self.socket_path()).is_ok() {
+            for entry in self.profiles.values() {
+                let _ = self.agent_request(RequestBody::Logout {
+                    profile: entry.name.clone(),
+                });
+            }
+        }
         self.stop_agents();
     }
 }

@@ -1,6 +1,6 @@
 //! What a profile does when its quota backend cannot be reached:
-//! `fail_mode = "open"` hands out credentials and `"closed"` refuses, and
-//! each says why.
+//! `fail_mode = "open"` hands out credentials and `"closed"` rejects the
+//! request, and each reports the reason.
 
 use anyhow::Result;
 use tollgate_tests::{ProfileSpec, Stack};

@@ -82,7 +82,7 @@ fn agent_caches_session_in_secret_service() -> Result<()> {
     assert_eq!(profiles.len(), 1);
     assert_eq!(profiles[0].secret_store.as_deref(), Some("secret-service"));
 
-    // gnome-keyring holds an entry for the profile under service `tollgate`.
+    // gnome-keyring contains an entry for the profile under service `tollgate`.
     let mut search = stack.command("secret-tool");
     search.args(["search", "--all", "service", "tollgate"]);
     let found = stack.run(search, "secret-tool")?;

@@ -5,7 +5,7 @@ use anyhow::Result;
 use tollgate_protocol::agent::RequestBody;
 use tollgate_tests::{ProfileSpec, Stack};
 
-/// The text between `<tag>` and `</tag>` in each place it occurs.
+/// Returns the text between `<tag>` and `</tag>` in each place it occurs.
 fn xml_values(xml: &str, tag: &str) -> Vec<String> {
     let open = format!("<{tag}>");
     let close = format!("</{tag}>");
@@ -72,9 +72,10 @@ fn session_logs_contain_no_secrets() -> Result<()> {
     assert!(!stack.backend().log().is_empty(), "the backend logged");
 
     for secret in &secrets {
-        // A JWT's header and claims are not secret (the claims name the
-        // user), but its signature part is; other secrets are checked
-        // whole and by their last 16 characters, which catches truncation.
+        // A JWT's header and claims are not secret because the claims only
+        // name the user, but its signature part is. Other secrets are
+        // checked whole and by their last 16 characters, which catches a
+        // truncated copy.
         let parts: Vec<&str> = secret.split('.').collect();
         let needles: Vec<&str> = if parts.len() == 3 {
             vec![secret.as_str(), parts[2]]
