@@ -56,13 +56,11 @@ pub async fn run(log_path: &Path) -> anyhow::Result<RunOutcome> {
         }
     };
 
-    let selection = match tokio::time::timeout(
-        STORE_PROBE_TIMEOUT,
-        tokio::task::spawn_blocking(store::select),
-    )
-    .await
-    {
-        Ok(Ok(selection)) => selection,
+    let preference = std::env::var(store::STORE_ENV).ok();
+    let probe = tokio::task::spawn_blocking(move || store::select(preference.as_deref()));
+    let selection = match tokio::time::timeout(STORE_PROBE_TIMEOUT, probe).await {
+        Ok(Ok(Ok(selection))) => selection,
+        Ok(Ok(Err(message))) => anyhow::bail!(message),
         Ok(Err(error)) => store::Selection {
             store: Arc::new(MemoryStore::default()),
             reason: format!(

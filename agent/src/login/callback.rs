@@ -49,6 +49,15 @@ impl CallbackListener {
         })
     }
 
+    /// The bound port (useful when bound to port 0).
+    pub fn port(&self) -> u16 {
+        self.server
+            .server_addr()
+            .to_ip()
+            .map(|address| address.port())
+            .unwrap_or_default()
+    }
+
     /// Waits for the redirect that carries `state`, answers the browser and
     /// returns the authorization code.
     pub async fn wait(

@@ -745,3 +745,124 @@ async fn device_code_login_rejected() {
     assert_eq!(body.kind, ErrorKind::LoginFailed);
     assert!(body.message.contains("device code"), "{}", body.message);
 }
+
+/// A log sink shared with the test.
+#[derive(Clone, Default)]
+struct Captured(Arc<StdMutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_log_has_no_secrets() {
+    use std::io::{BufRead, Read, Write};
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(crate::logging::filter(Some("trace"), "info"))
+        .with_writer(move || writer.clone())
+        .finish();
+    // Global, so the blocking threads (callback listener, secret store) log
+    // into the same sink.
+    tracing::subscriber::set_global_default(subscriber)
+        .expect("only this test sets the global subscriber");
+
+    // The browser's redirect with an authorization code reaches the real
+    // callback listener.
+    const CODE: &str = "authorization-code-secret-51b2";
+    let listener =
+        crate::login::callback::CallbackListener::bind(0, std::path::Path::new("/cfg")).unwrap();
+    let port = listener.port();
+    let waiting = tokio::spawn(async move {
+        listener
+            .wait(
+                "state-1",
+                "http://127.0.0.1:9",
+                StdDuration::from_secs(10),
+                &CancellationToken::new(),
+            )
+            .await
+    });
+    tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(stream, "GET /callback?code={CODE}&state=state-1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut page = String::new();
+        stream.read_to_string(&mut page).unwrap();
+    })
+    .await
+    .unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap().expose(), CODE);
+
+    // A logged-in session, a quota check with the bearer token, an STS call
+    // and the credentials handed out over the real socket.
+    let quota = FakeQuota::start(QuotaReply::Answer(Box::new(answer(true))));
+    let fixture = Fixture::new(&config_text(Some(&quota.url), 0, "closed"));
+    fixture.seed_login().await;
+    let runtime = fixture.dir.path().join("run");
+    crate::runtime_dir::prepare(&runtime, rustix::process::getuid().as_raw()).unwrap();
+    let crate::server::Bound::Serving(listener) = crate::server::bind(&runtime).unwrap() else {
+        panic!("a fresh folder has no other agent");
+    };
+    let socket = listener.socket_path().to_path_buf();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        fixture.agent.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut lines = Vec::new();
+        for request in [
+            r#"{"v":1,"type":"get-credentials","profile":"bedrock","interactive":false}"#,
+            r#"{"v":1,"type":"get-id-token","profile":"bedrock"}"#,
+            r#"{"v":1,"type":"logout","profile":"bedrock"}"#,
+        ] {
+            writeln!(stream, "{request}").unwrap();
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            lines.push(line);
+        }
+        lines
+    })
+    .await
+    .unwrap();
+    assert!(
+        lines[0].contains("secret-access-key-1-9c1e"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].contains(ID_TOKEN), "{}", lines[1]);
+    stop.send(()).unwrap();
+    server.await.unwrap();
+
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        log.contains("handed out credentials"),
+        "the flow was logged at all:\n{log}"
+    );
+    assert!(
+        log.contains("ASIAFAKE1"),
+        "access key ids are not secret and help debugging"
+    );
+    for secret in [
+        CODE,
+        ID_TOKEN,
+        REFRESH_TOKEN,
+        "secret-access-key-1-9c1e",
+        "session-token-1-44d0",
+    ] {
+        assert!(!log.contains(secret), "`{secret}` is in the log:\n{log}");
+    }
+}

@@ -181,10 +181,13 @@ pub fn probe(store: &dyn SecretStore) -> Result<(), StoreError> {
     }
 }
 
-/// The stores to try, best first. An `Err` says why a store is not
+/// A store that may be tried: its name and the store, or why it is not
 /// available at all on this machine.
+pub type Candidate = (&'static str, Result<Arc<dyn SecretStore>, String>);
+
+/// The stores to try, best first.
 #[cfg(target_os = "linux")]
-pub fn candidates() -> Vec<Result<Arc<dyn SecretStore>, String>> {
+pub fn candidates() -> Vec<Candidate> {
     let secret_service = zbus_secret_service_keyring_store::Store::new()
         .map(|store| {
             Arc::new(KeyringStore::new("secret-service", store, None)) as Arc<dyn SecretStore>
@@ -193,21 +196,22 @@ pub fn candidates() -> Vec<Result<Arc<dyn SecretStore>, String>> {
     let keyutils = linux_keyutils_keyring_store::Store::new()
         .map(|store| Arc::new(KeyringStore::new("keyutils", store, None)) as Arc<dyn SecretStore>)
         .map_err(|error| format!("the kernel keyring is not available: {error}"));
-    vec![secret_service, keyutils]
+    vec![("secret-service", secret_service), ("keyutils", keyutils)]
 }
 
 /// The stores to try, best first.
 ///
 /// NOTE: built for macOS but not compiled or tested from this repository.
 #[cfg(target_os = "macos")]
-pub fn candidates() -> Vec<Result<Arc<dyn SecretStore>, String>> {
-    vec![
+pub fn candidates() -> Vec<Candidate> {
+    vec![(
+        "macos-keychain",
         apple_native_keyring_store::keychain::Store::new()
             .map(|store| {
                 Arc::new(KeyringStore::new("macos-keychain", store, None)) as Arc<dyn SecretStore>
             })
             .map_err(|error| format!("the login keychain is not available: {error}")),
-    ]
+    )]
 }
 
 /// The stores to try, best first. Credential Manager entries contain at most
@@ -216,8 +220,9 @@ pub fn candidates() -> Vec<Result<Arc<dyn SecretStore>, String>> {
 ///
 /// NOTE: built for Windows but not compiled or tested from this repository.
 #[cfg(target_os = "windows")]
-pub fn candidates() -> Vec<Result<Arc<dyn SecretStore>, String>> {
-    vec![
+pub fn candidates() -> Vec<Candidate> {
+    vec![(
+        "windows-credential-manager",
         windows_native_keyring_store::Store::new()
             .map(|store| {
                 Arc::new(KeyringStore::new(
@@ -227,11 +232,11 @@ pub fn candidates() -> Vec<Result<Arc<dyn SecretStore>, String>> {
                 )) as Arc<dyn SecretStore>
             })
             .map_err(|error| format!("the Windows Credential Manager is not available: {error}")),
-    ]
+    )]
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "windows")))]
-pub fn candidates() -> Vec<Result<Arc<dyn SecretStore>, String>> {
+pub fn candidates() -> Vec<Candidate> {
     Vec::new()
 }
 

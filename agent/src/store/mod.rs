@@ -100,17 +100,52 @@ impl SecretStore for MemoryStore {
     }
 }
 
+/// The environment variable that picks the store: `auto` (the default),
+/// `memory`, or a store name such as `secret-service` or `keyutils`.
+pub const STORE_ENV: &str = "TOLLGATE_SECRET_STORE";
+
 /// The chosen store and the reason, for the one log line that reports it.
 pub struct Selection {
     pub store: std::sync::Arc<dyn SecretStore>,
     pub reason: String,
 }
 
-/// Picks the first working store, probing each with a write, a read and a
-/// delete. Blocking: D-Bus calls to the Secret Service may take a moment.
-pub fn select() -> Selection {
+/// Picks the store. With `preference` `None` or `auto`, the first store
+/// that passes a probe (a write, a read and a delete) wins, else memory.
+/// A named store must pass its probe, or the error says why it did not.
+/// Blocking: D-Bus calls to the Secret Service may take a moment.
+pub fn select(preference: Option<&str>) -> Result<Selection, String> {
+    let preference = preference
+        .map(str::trim)
+        .filter(|name| !name.is_empty() && *name != "auto");
+    if preference == Some("memory") {
+        return Ok(Selection {
+            store: std::sync::Arc::new(MemoryStore::default()),
+            reason: format!("{STORE_ENV}=memory; caching secrets in memory only"),
+        });
+    }
+    let candidates = keyring::candidates();
+    if let Some(wanted) = preference {
+        let names: Vec<&str> = candidates.iter().map(|(name, _)| *name).collect();
+        let Some((_, candidate)) = candidates.into_iter().find(|(name, _)| *name == wanted) else {
+            return Err(format!(
+                "{STORE_ENV}={wanted} is not a store of this build; use auto, memory or one of: {}",
+                names.join(", ")
+            ));
+        };
+        let store = candidate.map_err(|cause| {
+            format!("{STORE_ENV}={wanted}, but {cause}; unset it to pick a store automatically")
+        })?;
+        keyring::probe(store.as_ref()).map_err(|error| {
+            format!("{STORE_ENV}={wanted}, but {error}; unset it to pick a store automatically")
+        })?;
+        return Ok(Selection {
+            store,
+            reason: format!("using the {wanted} secret store ({STORE_ENV}={wanted})"),
+        });
+    }
     let mut skipped = Vec::new();
-    for candidate in keyring::candidates() {
+    for (_, candidate) in candidates {
         match candidate {
             Ok(store) => match keyring::probe(store.as_ref()) {
                 Ok(()) => {
@@ -123,7 +158,7 @@ pub fn select() -> Selection {
                             skipped.join("; ")
                         )
                     };
-                    return Selection { store, reason };
+                    return Ok(Selection { store, reason });
                 }
                 Err(error) => skipped.push(error.to_string()),
             },
@@ -135,10 +170,10 @@ pub fn select() -> Selection {
     } else {
         format!("{}; caching secrets in memory only", skipped.join("; "))
     };
-    Selection {
+    Ok(Selection {
         store: std::sync::Arc::new(MemoryStore::default()),
         reason,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -157,5 +192,21 @@ mod tests {
         store.set_failing(false);
         store.delete("a").unwrap();
         assert!(store.load("a").unwrap().is_none());
+    }
+
+    #[test]
+    fn memory_preference_honoured() {
+        let selection = select(Some("memory")).unwrap();
+        assert_eq!(selection.store.name(), "memory");
+        assert!(selection.reason.contains("TOLLGATE_SECRET_STORE=memory"));
+    }
+
+    #[test]
+    fn unknown_store_named() {
+        let message = select(Some("floppy")).err().unwrap();
+        assert!(
+            message.contains("TOLLGATE_SECRET_STORE=floppy is not a store of this build"),
+            "{message}"
+        );
     }
 }
