@@ -23,7 +23,7 @@ impl Fixture {
         }
     }
 
-    /// The binary with `--db` taken from the environment, as an admin's
+    /// Returns the binary with `--db` taken from the environment, as an admin's
     /// shell would set it, and a fixed actor name for the audit log.
     fn tollgate(&self) -> Command {
         let mut command = Command::cargo_bin("tollgate").expect("the tollgate binary");

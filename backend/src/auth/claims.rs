@@ -13,7 +13,7 @@ use tollgate_quota::{GroupClaim, Identity, clean_group_names};
 
 use super::{AuthConfig, AuthError};
 
-/// Who a validated token belongs to.
+/// The user a validated token belongs to, with their groups.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     /// The normalised identity: trimmed and lower-cased.

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::AuthConfig;
 
-/// Why no key was found for a token.
+/// The reason no key was found for a token.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyLookupError {
     /// The issuer's keys could not be downloaded.
@@ -39,7 +39,7 @@ struct SigningKey {
 }
 
 impl SigningKey {
-    /// Whether this key may verify a token signed with `algorithm`.
+    /// Reports whether this key may verify a token signed with `algorithm`.
     fn accepts(&self, algorithm: Algorithm) -> bool {
         if self.key.family() != algorithm.family() {
             return false;
@@ -75,7 +75,7 @@ struct RefreshState {
     last_error: Option<String>,
 }
 
-/// Whether `since` is unset or at least `interval` ago.
+/// Reports whether `since` is unset or at least `interval` ago.
 fn elapsed_at_least(since: Option<Instant>, interval: Duration) -> bool {
     since.is_none_or(|instant| instant.elapsed() >= interval)
 }

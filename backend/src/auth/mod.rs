@@ -80,8 +80,8 @@ impl AuthConfig {
     }
 }
 
-/// Why a request was not authenticated. [`AuthError::code`] is the stable
-/// `error` field of the 401 (or 503) answer.
+/// The reason a request was not authenticated. [`AuthError::code`] is the
+/// stable `error` field of the 401 (or 503) response.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error(
@@ -124,7 +124,7 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// The machine-readable code sent as the `error` field.
+    /// Returns the machine-readable code sent as the `error` field.
     pub fn code(&self) -> &'static str {
         match self {
             Self::MissingToken => "missing_token",
@@ -143,7 +143,7 @@ impl AuthError {
         }
     }
 
-    /// Whether the failure is the server's (the issuer could not be
+    /// Reports whether the failure is the server's (the issuer could not be
     /// reached), not the token's.
     pub fn is_server_side(&self) -> bool {
         matches!(self, Self::IssuerUnavailable(_))
@@ -168,7 +168,7 @@ impl TokenValidator {
         Ok(Self { config, keys })
     }
 
-    /// The settings this validator uses.
+    /// Returns the settings this validator uses.
     pub fn config(&self) -> &AuthConfig {
         &self.config
     }

@@ -66,7 +66,7 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    /// The store file to open: `--db`, `TOLLGATE_DB`, or the default.
+    /// Returns the store file to open: `--db`, `TOLLGATE_DB`, or the default.
     pub fn path(&self) -> anyhow::Result<PathBuf> {
         match &self.db {
             Some(path) => Ok(path.clone()),

@@ -112,11 +112,11 @@ pub struct PolicySettings {
     #[arg(long, value_name = "PERCENT", value_parser = parse_burst_arg)]
     burst: Option<BurstPercent>,
 
-    /// What happens at the monthly limit: alert or block [new policies: block].
+    /// The enforcement at the monthly limit: alert or block [new policies: block].
     #[arg(long, value_name = "MODE", value_parser = parse_enforcement_arg)]
     enforcement: Option<Enforcement>,
 
-    /// What happens at the daily limit: alert or block [new policies: alert].
+    /// The enforcement at the daily limit: alert or block [new policies: alert].
     #[arg(long, value_name = "MODE", value_parser = parse_enforcement_arg)]
     daily_enforcement: Option<Enforcement>,
 
@@ -361,7 +361,7 @@ fn describe_key(key: &PolicyKey) -> String {
     }
 }
 
-/// One sentence of limits, such as `500M tokens a month (block), 8.25M a
+/// Describes the limits in one sentence, such as `500M tokens a month (block), 8.25M a
 /// day (alert), warnings at 80%,90%`.
 fn describe_limits(policy: &Policy) -> String {
     let daily = match policy.daily_limit {
@@ -381,7 +381,7 @@ fn describe_limits(policy: &Policy) -> String {
     )
 }
 
-/// The local user name recorded as the actor of audit entries.
+/// Returns the local user name recorded as the actor of audit entries.
 pub(super) fn local_user() -> String {
     ["USER", "USERNAME", "LOGNAME"]
         .iter()

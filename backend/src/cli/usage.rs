@@ -29,7 +29,7 @@ pub enum UsageCommand {
         /// and month they count in [default: now].
         #[arg(long, value_name = "TIME", value_parser = parse_time)]
         at: Option<DateTime<Utc>>,
-        /// Why the correction is made, kept in the audit log.
+        /// The reason for the correction, kept in the audit log.
         #[arg(long, default_value = "manual correction")]
         reason: String,
         #[command(flatten)]

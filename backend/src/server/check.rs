@@ -3,7 +3,7 @@
 //! The [`Authenticated`] extractor validates the bearer token before this
 //! handler's body runs, so an invalid token gets its 401 without a single
 //! store read. The user is whoever the token names: nothing in the query
-//! can choose another user.
+//! can name another user.
 
 use axum::Json;
 use axum::extract::State;

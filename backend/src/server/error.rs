@@ -1,4 +1,4 @@
-//! JSON error answers: `{"error": "<code>", "message": "<text>"}`.
+//! JSON error responses: `{"error": "<code>", "message": "<text>"}`.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::auth::AuthError;
 use crate::store::StoreError;
 
-/// The body of every error answer.
+/// The body of every error response.
 #[derive(Debug, Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,

@@ -1,5 +1,5 @@
-//! `GET /health`: whether the store answers, and a warning when no quota
-//! policy exists, because then nobody is limited.
+//! `GET /health`: whether the store responds, and a warning when no quota
+//! policy exists, because then no user is limited.
 
 use axum::Json;
 use axum::extract::State;
@@ -9,20 +9,20 @@ use serde::Serialize;
 use super::AppState;
 use super::error::error_chain;
 
-/// The body of the health answer.
+/// The body of the health response.
 #[derive(Debug, Serialize)]
 pub struct Health {
     /// `ok` or `unavailable`.
     pub status: &'static str,
     pub store: StoreHealth,
-    /// How many policies exist, absent when the store does not answer.
+    /// The number of policies, absent when the store does not respond.
     pub policies: Option<u64>,
     /// A condition an operator should fix, such as a missing policy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
 }
 
-/// The store part of the health answer.
+/// The store part of the health response.
 #[derive(Debug, Serialize)]
 pub struct StoreHealth {
     /// `ok` or `unavailable`.
@@ -58,7 +58,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         }
         Err(error) => {
             let message = error_chain(&error);
-            tracing::warn!("health check: the store does not answer: {message}");
+            tracing::warn!("health check failed: the store does not respond: {message}");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(Health {

@@ -28,12 +28,12 @@ use crate::store::Store;
 pub use error::ApiError;
 pub use health::NO_POLICY_WARNING;
 
-/// What every handler can reach.
+/// The state shared by every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub validator: Arc<TokenValidator>,
     pub store: Arc<dyn Store>,
-    /// Which token types count toward the limits, with their weights.
+    /// The token types that count toward the limits, with their weights.
     pub counting: Arc<CountingConfig>,
 }
 
@@ -68,7 +68,7 @@ pub async fn bind(address: SocketAddr, port_file: Option<&Path>) -> anyhow::Resu
 }
 
 /// Writes the bound address through a temporary file and a rename, so a
-/// reader polling for the file never sees it half-written.
+/// reader polling for the file never reads it half-written.
 fn write_port_file(path: &Path, bound: SocketAddr) -> anyhow::Result<()> {
     let mut temporary = PathBuf::from(path);
     temporary.as_mut_os_string().push(".tmp");

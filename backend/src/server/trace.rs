@@ -1,6 +1,6 @@
 //! Request logging: one span per request, named by the route template
 //! (`/v1/check`, never the raw URI), with the status and duration logged
-//! when the answer is ready. Health checks log at debug level so probes do
+//! when the response is ready. Health checks log at debug level so probes do
 //! not flood the log. Headers are never logged, so tokens stay out.
 
 use std::time::Instant;
@@ -30,9 +30,9 @@ pub async fn trace_request(matched: Option<MatchedPath>, request: Request, next:
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     span.in_scope(|| {
         if quiet {
-            tracing::debug!(status, elapsed_ms, "answered");
+            tracing::debug!(status, elapsed_ms, "finished request");
         } else {
-            tracing::info!(status, elapsed_ms, "answered");
+            tracing::info!(status, elapsed_ms, "finished request");
         }
     });
     response

@@ -56,7 +56,7 @@ impl PolicyKey {
         }
     }
 
-    /// The key of `policy`.
+    /// Returns the key of `policy`.
     pub fn of(policy: &Policy) -> Self {
         Self::new(policy.kind, policy.identifier.clone())
     }
@@ -104,7 +104,7 @@ pub struct AuditEntry {
     pub actor: String,
     /// A dotted verb such as `policy.put` or `usage.record`.
     pub action: String,
-    /// What the action touched, such as `user:ann@example.com`.
+    /// The object the action changed, such as `user:ann@example.com`.
     pub target: String,
     /// Action-specific detail, such as the new policy.
     pub detail: serde_json::Value,
@@ -116,7 +116,7 @@ pub struct AuditEntry {
 /// method is one round trip, and [`Store::usage`] must be a keyed lookup.
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Reports whether the store answers, for the health endpoint.
+    /// Checks that the store responds, for the health endpoint.
     async fn ping(&self) -> StoreResult<()>;
 
     /// Inserts or replaces the policy with the same key.

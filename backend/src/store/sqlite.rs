@@ -169,7 +169,7 @@ impl SqliteStore {
         })
     }
 
-    /// The store file's path.
+    /// Returns the store file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }

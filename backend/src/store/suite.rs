@@ -52,7 +52,8 @@ fn event(user: &str, when: &str, token_type: TokenType, tokens: u64) -> UsageEve
     }
 }
 
-/// A new store answers, holds no policy, usage, unblock or audit entry.
+/// Checks that a new store responds and contains no policy, usage, unblock
+/// or audit entry.
 pub async fn empty_store_has_nothing(store: &dyn Store) {
     store.ping().await.expect("empty store: ping");
     assert_eq!(
@@ -97,8 +98,8 @@ pub async fn empty_store_has_nothing(store: &dyn Store) {
     );
 }
 
-/// A policy reads back equal, a put with the same key replaces it, and a
-/// delete removes it once.
+/// Checks that a policy reads back equal, a put with the same key replaces
+/// it, and a delete removes it once.
 pub async fn policies_round_trip(store: &dyn Store) {
     let mut user = policy(PolicyKind::User, "round.trip@example.com", 500_000_000);
     user.daily_limit = Some(20_000_000);
@@ -148,7 +149,7 @@ pub async fn policies_round_trip(store: &dyn Store) {
     );
 }
 
-/// The list is ordered user, group, default, then by identifier.
+/// Checks that the list is ordered user, group, default, then by identifier.
 pub async fn policies_list_in_kind_order(store: &dyn Store) {
     let policies = [
         policy(PolicyKind::Default, "default", 225_000_000),
@@ -191,7 +192,8 @@ pub async fn policies_list_in_kind_order(store: &dyn Store) {
     );
 }
 
-/// `policies(keys)` returns exactly the stored policies among the keys.
+/// Checks that `policies(keys)` returns exactly the stored policies among
+/// the keys.
 pub async fn policies_lookup_by_keys(store: &dyn Store) {
     let group = policy(PolicyKind::Group, "Developers", 100);
     let default = policy(PolicyKind::Default, "default", 200);
@@ -231,8 +233,8 @@ pub async fn policies_lookup_by_keys(store: &dyn Store) {
     }
 }
 
-/// Adds to the same user, day and type sum; types are kept apart; the
-/// month sums every day in it.
+/// Checks that adds to the same user, day and type sum, that types are kept
+/// apart, and that the month sums every day in it.
 pub async fn usage_sums_per_type_and_period(store: &dyn Store) {
     let user = "sums@example.com";
     let adds = [
@@ -293,7 +295,7 @@ pub async fn usage_sums_per_type_and_period(store: &dyn Store) {
     );
 }
 
-/// A timestamp counts in its own UTC day and month: the last millisecond of
+/// Checks that a timestamp counts in its own UTC day and month: the last millisecond of
 /// January and the first instant of February land apart, and an offset
 /// timestamp is converted to UTC first.
 pub async fn usage_splits_at_utc_boundaries(store: &dyn Store) {
@@ -336,7 +338,7 @@ pub async fn usage_splits_at_utc_boundaries(store: &dyn Store) {
     assert_eq!(february.monthly.input, 10, "February monthly");
 }
 
-/// One user's usage never shows in another's totals.
+/// Checks that one user's usage is absent from another's totals.
 pub async fn usage_is_per_user(store: &dyn Store) {
     store
         .add_usage(&event(
@@ -363,7 +365,7 @@ pub async fn usage_is_per_user(store: &dyn Store) {
     );
 }
 
-/// An event whose dedup key was recorded before changes nothing.
+/// Checks that an event whose dedup key was recorded before changes nothing.
 pub async fn usage_dedup_key_counts_once(store: &dyn Store) {
     let user = "dedup@example.com";
     let mut first = event(user, "2026-06-01T10:00:00Z", TokenType::Input, 42);
@@ -392,7 +394,7 @@ pub async fn usage_dedup_key_counts_once(store: &dyn Store) {
     assert_eq!(totals.monthly.input, 84, "monthly matches daily");
 }
 
-/// Adds racing from many tasks all land.
+/// Checks that concurrent adds from many tasks are all counted.
 pub async fn concurrent_usage_adds_are_not_lost(store: Arc<dyn Store>) {
     let user = "concurrent@example.com";
     let tasks: Vec<_> = (0..16)
@@ -422,7 +424,7 @@ pub async fn concurrent_usage_adds_are_not_lost(store: Arc<dyn Store>) {
     );
 }
 
-/// An unblock reads back equal even after it expires, a new one replaces
+/// Checks that an unblock reads back equal even after it expires, a new one replaces
 /// it, and a delete removes it once.
 pub async fn unblocks_round_trip(store: &dyn Store) {
     let identity = Identity::parse("unblocked@example.com").expect("a valid identity");
@@ -496,7 +498,8 @@ pub async fn unblocks_round_trip(store: &dyn Store) {
     );
 }
 
-/// Audit entries read back newest first, limited, with their detail.
+/// Checks that audit entries read back newest first, limited, with their
+/// detail.
 pub async fn audit_log_reads_newest_first(store: &dyn Store) {
     for index in 0..3 {
         store

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -128,8 +129,8 @@ pub fn claims(issuer: &str, email: &str) -> Value {
     })
 }
 
-/// A token with the given header and claims and an arbitrary signature,
-/// built by hand because no signing library writes `alg: none`.
+/// Builds a token from the given header, claims and signature by hand,
+/// because no signing library writes `alg: none`.
 pub fn unsigned_token(header: &Value, claims: &Value, signature: &str) -> String {
     format!(
         "{}.{}.{}",
@@ -313,7 +314,24 @@ impl Backend {
     /// Starts the backend with the given settings.
     pub async fn start_with(auth: AuthConfig, counting: CountingConfig) -> Self {
         let folder = tempfile::tempdir().expect("a temporary folder");
-        let sqlite = SqliteStore::open(&folder.path().join("tollgate.db")).expect("store opens");
+        let path = folder.path().join("tollgate.db");
+        Self::start_inner(auth, counting, &path, folder).await
+    }
+
+    /// Starts the backend for `issuer` on the existing store file `path`.
+    pub async fn start_on(issuer: &str, path: &Path) -> Self {
+        let folder = tempfile::tempdir().expect("a temporary folder");
+        let auth = AuthConfig::new(issuer, AUDIENCE);
+        Self::start_inner(auth, CountingConfig::default(), path, folder).await
+    }
+
+    async fn start_inner(
+        auth: AuthConfig,
+        counting: CountingConfig,
+        path: &Path,
+        folder: tempfile::TempDir,
+    ) -> Self {
+        let sqlite = SqliteStore::open(path).expect("store opens");
         let store = Arc::new(CountingStore::new(sqlite));
         let validator = TokenValidator::new(auth).expect("the validator builds");
         // Prefetch as `tollgate serve` does; failures are the issuer-down case.
