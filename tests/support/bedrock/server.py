@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A fake Amazon Bedrock runtime for end-to-end tests of Claude Code.
 
-It answers the requests Claude Code 2.1.328 sends in Bedrock mode:
+It serves the requests that Claude Code 2.1.328 sends in Bedrock mode:
 
 - ``GET /inference-profiles``: 404, so Claude Code falls back to its
   built-in model list.
@@ -16,7 +16,7 @@ model id and the token usage reported. The log never contains the signature,
 the session token or the request body.
 
 Access keys listed in the deny file (re-read on every request) get a 403
-``ExpiredTokenException`` or ``AccessDeniedException``, as Bedrock answers
+``ExpiredTokenException`` or ``AccessDeniedException``, as Bedrock returns
 for a revoked or expired session.
 
 Listens on 127.0.0.1 only and prints ``ready http://127.0.0.1:<port>`` on
@@ -77,23 +77,27 @@ def parse_args(argv):
         description="Fake Amazon Bedrock runtime on 127.0.0.1 for Claude Code tests.",
         epilog="Each option also reads the environment variable named in its help; the option wins.",
     )
+
     parser.add_argument(
         "--port",
         type=int,
         default=env_int("FAKE_BEDROCK_PORT", 0),
         help="TCP port on 127.0.0.1; 0 picks a free one (FAKE_BEDROCK_PORT, default 0)",
     )
+
     parser.add_argument(
         "--port-file",
         default=os.environ.get("FAKE_BEDROCK_PORT_FILE"),
         help="file that gets the bound 127.0.0.1:PORT once listening (FAKE_BEDROCK_PORT_FILE)",
     )
+
     parser.add_argument(
         "--request-log",
         default=os.environ.get("FAKE_BEDROCK_REQUEST_LOG"),
         help="JSON-lines file that gets one record per request (FAKE_BEDROCK_REQUEST_LOG); "
         "without it records go to stderr",
     )
+
     parser.add_argument(
         "--deny-file",
         default=os.environ.get("FAKE_BEDROCK_DENY_FILE"),
@@ -101,6 +105,7 @@ def parse_args(argv):
         "ExpiredTokenException or AccessDeniedException; requests signed with "
         "a listed key get a 403 (FAKE_BEDROCK_DENY_FILE)",
     )
+
     parser.add_argument(
         "--deny-error",
         choices=sorted(DENY_MESSAGES),
@@ -108,17 +113,20 @@ def parse_args(argv):
         help="error type for deny-file lines that name none (FAKE_BEDROCK_DENY_ERROR, "
         "default ExpiredTokenException)",
     )
+
     parser.add_argument(
         "--reply",
         default=os.environ.get("FAKE_BEDROCK_REPLY", "Hello from the fake Bedrock endpoint."),
         help="assistant text of every response (FAKE_BEDROCK_REPLY)",
     )
+
     parser.add_argument(
         "--input-tokens",
         type=int,
         default=env_int("FAKE_BEDROCK_INPUT_TOKENS", 25),
         help="input_tokens reported per response (FAKE_BEDROCK_INPUT_TOKENS, default 25)",
     )
+
     parser.add_argument(
         "--output-tokens",
         type=int,
@@ -126,12 +134,14 @@ def parse_args(argv):
         help="output_tokens reported per response, capped at the request's max_tokens "
         "(FAKE_BEDROCK_OUTPUT_TOKENS, default 12)",
     )
+
     parser.add_argument(
         "--cache-read-tokens",
         type=int,
         default=env_int("FAKE_BEDROCK_CACHE_READ_TOKENS", 300),
         help="cache_read_input_tokens reported per response (FAKE_BEDROCK_CACHE_READ_TOKENS, default 300)",
     )
+
     parser.add_argument(
         "--cache-creation-tokens",
         type=int,
@@ -139,6 +149,7 @@ def parse_args(argv):
         help="cache_creation_input_tokens reported per response "
         "(FAKE_BEDROCK_CACHE_CREATION_TOKENS, default 40)",
     )
+
     args = parser.parse_args(argv)
     for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens"):
         if getattr(args, name) < 0:
@@ -395,50 +406,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json(200, message)
 
     def send_stream(self, model_id, usage):
-        text = self.fake.args.reply
-        start_usage = dict(usage)
-        # The Messages API reports a provisional output count in
-        # message_start; message_delta carries the final one.
-        start_usage["output_tokens"] = min(1, usage["output_tokens"])
-        events = [
-            {
-                "type": "message_start",
-                "message": {
-                    "id": f"msg_bdrk_{uuid.uuid4().hex[:24]}",
-                    "type": "message",
-                    "role": "assistant",
-                    "model": anthropic_model_name(model_id),
-                    "content": [],
-                    "stop_reason": None,
-                    "stop_sequence": None,
-                    "usage": start_usage,
-                },
-            },
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-        ]
-        for piece in split_text(text, 3):
-            events.append(
-                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}
-            )
-        events += [
-            {"type": "content_block_stop", "index": 0},
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": usage["output_tokens"]},
-            },
-            {
-                "type": "message_stop",
-                "amazon-bedrock-invocationMetrics": {
-                    "inputTokenCount": usage["input_tokens"],
-                    "outputTokenCount": usage["output_tokens"],
-                    "invocationLatency": 10,
-                    "firstByteLatency": 5,
-                    "cacheReadInputTokenCount": usage["cache_read_input_tokens"],
-                    "cacheWriteInputTokenCount": usage["cache_creation_input_tokens"],
-                },
-            },
-        ]
+        events = stream_events(model_id, self.fake.args.reply, usage)
         data = b"".join(encode_chunk(event) for event in events)
         self.send_response(200)
         self.send_header("Content-Type", EVENT_STREAM_CONTENT_TYPE)
@@ -447,6 +415,52 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("X-Amzn-Bedrock-Content-Type", "application/json")
         self.end_headers()
         self.wfile.write(data)
+
+
+def stream_events(model_id, text, usage):
+    """Build the Anthropic streaming events of one reply, as Bedrock wraps them in `chunk` events."""
+    start_usage = dict(usage)
+    # The Messages API reports a provisional output count in message_start.
+    # message_delta carries the final one.
+    start_usage["output_tokens"] = min(1, usage["output_tokens"])
+    message = {
+        "id": f"msg_bdrk_{uuid.uuid4().hex[:24]}",
+        "type": "message",
+        "role": "assistant",
+        "model": anthropic_model_name(model_id),
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": start_usage,
+    }
+    events = [
+        {"type": "message_start", "message": message},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    ]
+
+    for piece in split_text(text, 3):
+        delta = {"type": "text_delta", "text": piece}
+        events.append({"type": "content_block_delta", "index": 0, "delta": delta})
+
+    # Bedrock adds its own invocation metrics to message_stop.
+    invocation_metrics = {
+        "inputTokenCount": usage["input_tokens"],
+        "outputTokenCount": usage["output_tokens"],
+        "invocationLatency": 10,
+        "firstByteLatency": 5,
+        "cacheReadInputTokenCount": usage["cache_read_input_tokens"],
+        "cacheWriteInputTokenCount": usage["cache_creation_input_tokens"],
+    }
+    events += [
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": usage["output_tokens"]},
+        },
+        {"type": "message_stop", "amazon-bedrock-invocationMetrics": invocation_metrics},
+    ]
+    return events
 
 
 def main(argv):

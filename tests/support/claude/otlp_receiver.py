@@ -3,10 +3,10 @@
 
 Accepts ``POST /v1/metrics``, ``/v1/logs`` and ``/v1/traces`` in JSON
 (``application/json``) or protobuf (``application/x-protobuf``), optionally
-gzip-compressed, and appends one JSON line per request to the record file:
-the path, content type, the decoded body, and the Authorization header as
-its scheme plus a SHA-256 hex digest (the value itself is never stored,
-because in real use it is an ID token). Protobuf bodies are decoded with the
+gzip-compressed. Each request appends one JSON line to the record file with
+the path, the content type and the decoded body. The Authorization header is
+recorded as its scheme plus a SHA-256 hex digest, because in real use it is
+an ID token, so the value itself is never stored. Protobuf bodies are decoded with the
 ``opentelemetry-proto`` package when it is importable; without it the record
 says so and keeps only the raw body file.
 
@@ -145,7 +145,7 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 try:
                     entry["body"] = decode_protobuf(path, body)
-                except Exception as error:  # protobuf raises DecodeError and others
+                except Exception as error:  # Protobuf raises DecodeError and others.
                     entry["status"] = 400
                     entry["error"] = f"invalid protobuf: {error}"
                     self.server.receiver.record(entry, body, "pb")
