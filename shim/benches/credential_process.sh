@@ -9,7 +9,8 @@
 #                                                      # already running for
 #                                                      # this environment
 # Environment: RUNS (default 2000), WARMUP (default 200), CARGO_TARGET_DIR,
-# OUT (folder for the hyperfine JSON and Markdown, default a new temp folder).
+# OUT (folder for the hyperfine JSON and Markdown, default a new temp folder),
+# BUILD=0 to use the binaries already in the target folder.
 set -euo pipefail
 
 profile=""
@@ -28,8 +29,10 @@ runs=${RUNS:-2000}
 warmup=${WARMUP:-200}
 out=${OUT:-$(mktemp -d)}
 
-cargo build --quiet --release --manifest-path "$repo/Cargo.toml" -p tollgate-shim \
-    --bin tollgate-credential-process --example print_static --example instant_agent
+if [[ ${BUILD:-1} != 0 ]]; then
+    cargo build --quiet --release --manifest-path "$repo/Cargo.toml" -p tollgate-shim \
+        --bin tollgate-credential-process --example print_static --example instant_agent
+fi
 
 shim=$target/release/tollgate-credential-process
 floor=$target/release/examples/print_static

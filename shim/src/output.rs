@@ -50,9 +50,10 @@ struct OtelHeaders<'a> {
     authorization: &'a str,
 }
 
-/// Room for a typical session token, so the buffer that contains the
-/// secrets does not reallocate and leave unzeroed copies behind.
-const OUTPUT_CAPACITY: usize = 8 * 1024;
+/// Room for a document with a typical session token, so the buffer that
+/// contains the secrets does not reallocate and leave unzeroed copies
+/// behind. One page, because zeroing on drop touches the whole capacity.
+const OUTPUT_CAPACITY: usize = 4 * 1024;
 
 /// Formats `time` as RFC 3339 UTC with a `Z` and whole seconds. Fractional
 /// seconds are truncated, so the reported expiry is never later than the

@@ -470,3 +470,30 @@ fn help_lists_exit_statuses() {
     assert!(result.stdout.contains("Exit status:"), "{}", result.stdout);
     assert_eq!(result.stderr, "");
 }
+
+#[test]
+fn long_line_in_pieces_is_joined() {
+    let token = "t".repeat(10_000);
+    let line = format!(
+        r#"{{"type":"credentials","access_key_id":"ASIAFAKEKEY","secret_access_key":"s","session_token":"{token}","expiration":"2026-12-04T18:00:00Z"}}"#
+    );
+    let sandbox = Sandbox::new();
+    let agent = FakeAgent::serve(&sandbox, move |session| {
+        session.read_request();
+        for piece in format!("{line}\n").as_bytes().chunks(3000) {
+            session.send_raw(piece);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let result = run(sandbox.shim(&["--profile", "bedrock"]));
+    agent.requests();
+
+    assert_eq!(result.code(), 0, "stderr: {}", result.stderr);
+    assert_eq!(
+        result.stdout,
+        format!(
+            "{{\"Version\":1,\"AccessKeyId\":\"ASIAFAKEKEY\",\"SecretAccessKey\":\"s\",\
+             \"SessionToken\":\"{token}\",\"Expiration\":\"2026-12-04T18:00:00Z\"}}\n"
+        )
+    );
+}
