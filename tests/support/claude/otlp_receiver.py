@@ -6,9 +6,11 @@ Accepts ``POST /v1/metrics``, ``/v1/logs`` and ``/v1/traces`` in JSON
 gzip-compressed. Each request appends one JSON line to the record file with
 the path, the content type and the decoded body. The Authorization header is
 recorded as its scheme plus a SHA-256 hex digest, because in real use it is
-an ID token, so the value itself is never stored. Protobuf bodies are decoded with the
-``opentelemetry-proto`` package when it is importable; without it the record
-says so and keeps only the raw body file.
+an ID token, so the value itself is never stored.
+
+Protobuf bodies are decoded with the ``opentelemetry-proto`` package when it
+is importable. Without it, the record gets an ``error`` field naming the
+missing package and keeps only the raw body file.
 
 With ``--body-dir``, each raw (decompressed) body is also written to a
 numbered file there, for saving samples.
