@@ -1,5 +1,5 @@
 //! `tollgate serve` as a real process: it writes the port file once it
-//! listens, answers health and check requests, and exits 0 on SIGTERM.
+//! listens, serves health and check requests, and exits 0 on SIGTERM.
 
 mod support;
 
