@@ -1,6 +1,6 @@
 //! The command line: `run` starts the daemon; `login`, `logout` and
 //! `status` talk to the running agent over its socket and start it first
-//! when nothing answers. This is the only module that prints.
+//! when no agent accepts the connection. This is the only module that prints.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -19,6 +19,14 @@ use crate::daemon::{self, RunOutcome};
 use crate::logging;
 use crate::quota::format_tokens;
 
+/// Prints a line to stdout, ignoring a closed pipe (`status | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tollgate-agent",
@@ -33,7 +41,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs the agent. Without --foreground it starts in the background and
-    /// returns once the socket answers.
+    /// returns once the socket accepts connections.
     Run {
         /// Stays in this process and logs to stderr as well as the log file.
         #[arg(long)]
@@ -51,7 +59,7 @@ enum Command {
         #[arg(long)]
         profile: Option<String>,
     },
-    /// Shows who is logged in, token and credential expiry, the secret store and the last quota answer.
+    /// Shows who is logged in, token and credential expiry, the secret store and the last quota result.
     Status {
         /// Shows one profile (default: $TOLLGATE_PROFILE, else all profiles).
         #[arg(long)]
@@ -84,9 +92,9 @@ pub fn main() -> ExitCode {
 #[allow(unsafe_code)]
 fn run_foreground() -> anyhow::Result<ExitCode> {
     // SAFETY: this runs before the tokio runtime or any other thread
-    // exists, so nothing reads the environment concurrently. The variable
-    // tells a Tollgate shim started by anything under the agent to stop
-    // instead of calling the agent back; the second keeps AWS SDK code away
+    // exists, so nothing reads the environment concurrently. The first
+    // variable makes a Tollgate shim started under the agent exit instead
+    // of calling the agent back, and the second keeps AWS SDK code away
     // from the instance metadata address.
     unsafe {
         std::env::set_var(INSIDE_AGENT_ENV, "1");
@@ -121,7 +129,7 @@ fn run_background() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut child = daemon::spawn_detached()?;
-    daemon::wait_until_answering(&socket, &mut child, daemon::START_TIMEOUT)?;
+    daemon::wait_until_accepting(&socket, &mut child, daemon::START_TIMEOUT)?;
     eprintln!(
         "tollgate-agent: started (pid {}), socket `{}`, log `{}`",
         child.id(),
@@ -131,17 +139,17 @@ fn run_background() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Connects to the agent, starting it when nothing answers, and runs `body`.
+/// Connects to the agent, starting it when no agent accepts the connection, and runs `body`.
 fn client(body: impl FnOnce(&Path) -> anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
     logging::init_client();
     let socket = daemon::socket_path();
     if UnixStream::connect(&socket).is_err() {
         eprintln!(
-            "tollgate-agent: no agent answers on `{}`; starting one",
+            "tollgate-agent: no agent accepts connections on `{}`; starting one",
             socket.display()
         );
         let mut child = daemon::spawn_detached()?;
-        daemon::wait_until_answering(&socket, &mut child, daemon::START_TIMEOUT)?;
+        daemon::wait_until_accepting(&socket, &mut child, daemon::START_TIMEOUT)?;
     }
     body(&socket)
 }
@@ -198,7 +206,7 @@ fn exchange(socket: &Path, body: RequestBody) -> anyhow::Result<Response> {
 fn finish(response: Response) -> anyhow::Result<ExitCode> {
     match response {
         Response::Done { message } => {
-            println!("{message}");
+            out!("{message}");
             Ok(ExitCode::SUCCESS)
         }
         Response::Error(error) => {
@@ -239,7 +247,7 @@ fn status(socket: &Path, profile: Option<String>, json: bool) -> anyhow::Result<
         other => return finish(other),
     };
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&profiles).context("could not encode the status")?
         );
@@ -271,10 +279,10 @@ fn time(value: DateTime<Utc>) -> String {
 }
 
 fn print_status(status: &ProfileStatus, quota_url: Option<Option<String>>) {
-    println!("profile {}", status.profile);
+    out!("profile {}", status.profile);
     match &status.identity {
-        Some(identity) => println!("  logged in as:    {identity}"),
-        None => println!(
+        Some(identity) => out!("  logged in as:    {identity}"),
+        None => out!(
             "  logged in as:    nobody (run `tollgate-agent login --profile {}`)",
             status.profile
         ),
@@ -285,11 +293,11 @@ fn print_status(status: &ProfileStatus, quota_url: Option<Option<String>>) {
         } else {
             "no refresh token"
         };
-        println!("  ID token:        expires {}; {refresh}", time(expiration));
+        out!("  ID token:        expires {}; {refresh}", time(expiration));
     }
     match status.credentials_expiration {
-        Some(expiration) => println!("  AWS credentials: expire {}", time(expiration)),
-        None => println!("  AWS credentials: none cached"),
+        Some(expiration) => out!("  AWS credentials: expire {}", time(expiration)),
+        None => out!("  AWS credentials: none cached"),
     }
     match (&status.last_quota, quota_url) {
         (Some(answer), _) => {
@@ -304,7 +312,7 @@ fn print_status(status: &ProfileStatus, quota_url: Option<Option<String>>) {
                     ),
                     None => format!("{name} {} (no limit)", format_tokens(usage.tokens)),
                 };
-            println!(
+            out!(
                 "  quota:           {verdict} at {}: {}, {}; {}",
                 answer.checked_at.format("%H:%M:%S UTC"),
                 period("daily", &answer.usage.daily),
@@ -313,11 +321,11 @@ fn print_status(status: &ProfileStatus, quota_url: Option<Option<String>>) {
             );
         }
         (None, Some(None)) => {
-            println!("  quota:           not checked (the profile has no quota_url)")
+            out!("  quota:           not checked (the profile has no quota_url)")
         }
-        (None, _) => println!("  quota:           not checked yet"),
+        (None, _) => out!("  quota:           not checked yet"),
     }
     if let Some(store) = &status.secret_store {
-        println!("  secret store:    {store}");
+        out!("  secret store:    {store}");
     }
 }

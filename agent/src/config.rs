@@ -70,7 +70,7 @@ fn list_or_none(names: &[String]) -> String {
     }
 }
 
-/// What to do when the quota check cannot be made.
+/// The action when the quota check cannot be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FailMode {
@@ -450,7 +450,7 @@ impl ConfigSource {
 
     /// Returns the current configuration, reading the file again when its
     /// modification time differs from the last read. An invalid file is an
-    /// error on every call until it is fixed; the last good configuration is
+    /// error on every call until it is fixed. The last good configuration is
     /// not used in its place, so the user sees the mistake at once.
     pub fn current(&self) -> Result<Arc<Config>, ConfigError> {
         let modified = std::fs::metadata(&self.path)

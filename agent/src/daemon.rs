@@ -24,7 +24,7 @@ const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a starting client waits for a newly started agent's socket.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What `run` did.
+/// The outcome of `run`.
 pub enum RunOutcome {
     Stopped,
     AlreadyRunning { pid: Option<u32>, socket: PathBuf },
@@ -70,7 +70,7 @@ pub async fn run(log_path: &Path) -> anyhow::Result<RunOutcome> {
         Err(_) => store::Selection {
             store: Arc::new(MemoryStore::default()),
             reason: format!(
-                "the OS keyring did not answer within {STORE_PROBE_TIMEOUT:?}; caching secrets in memory only"
+                "the OS keyring did not respond within {STORE_PROBE_TIMEOUT:?}; caching secrets in memory only"
             ),
         },
     };
@@ -117,9 +117,9 @@ pub fn spawn_detached() -> anyhow::Result<Child> {
         .with_context(|| format!("could not start `{} run`", exe.display()))
 }
 
-/// Waits until the agent answers on `socket`. Fails early when `child`
+/// Waits until the agent accepts connections on `socket`. Fails early when `child`
 /// exits without a live agent behind the socket.
-pub fn wait_until_answering(
+pub fn wait_until_accepting(
     socket: &Path,
     child: &mut Child,
     timeout: Duration,
@@ -139,14 +139,14 @@ pub fn wait_until_answering(
                 return Ok(());
             }
             anyhow::bail!(
-                "the agent exited ({status}) before it answered on `{}`; see its log at `{}`",
+                "the agent exited ({status}) before it accepted connections on `{}`; see its log at `{}`",
                 socket.display(),
                 logging::log_path().display()
             );
         }
         if Instant::now() >= deadline {
             anyhow::bail!(
-                "the agent did not answer on `{}` within {timeout:?}; see its log at `{}`",
+                "the agent did not accept connections on `{}` within {timeout:?}; see its log at `{}`",
                 socket.display(),
                 logging::log_path().display()
             );

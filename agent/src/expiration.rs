@@ -8,7 +8,7 @@
 //! 15 minutes: botocore then returns at the re-check and Claude Code 15
 //! minutes after it. The reported time is computed from the last quota
 //! check, not from the request time, so repeated calls inside botocore's
-//! window get the same answer instead of a nearer one each time.
+//! window get the same expiry instead of a nearer one each time.
 
 use chrono::{DateTime, Duration, Utc};
 

@@ -10,7 +10,8 @@ use tollgate_protocol::check::{CheckAnswer, PeriodUsage, Reason};
 /// How long one quota check may take before it counts as failed.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why the check could not be made. The message names the URL and the cause.
+/// A quota check that could not be made. The message names the URL and the
+/// cause.
 #[derive(Debug, thiserror::Error)]
 #[error("the quota check at {url} failed: {cause}")]
 pub struct CheckFailed {

@@ -10,8 +10,8 @@ use std::fs::{DirBuilder, Metadata};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Why the runtime folder cannot be used. Each message names the path, what
-/// is wrong with it and the fix.
+/// An unusable runtime folder. Each message names the path, what is wrong
+/// with it and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeDirError {
     #[error(

@@ -227,7 +227,7 @@ async fn other_uid_rejected() {
         return;
     }
     let agent = Running::start().await;
-    // Open the folder and the socket so only the agent's peer check stands
+    // Open the folder and the socket so only the agent's peer check is
     // between another user and the protocol.
     std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(agent.runtime(), std::fs::Permissions::from_mode(0o755)).unwrap();

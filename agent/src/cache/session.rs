@@ -1,5 +1,5 @@
 //! One profile's session: the OIDC tokens, the STS credentials and the last
-//! quota answer, and the form in which tokens and credentials are kept in
+//! quota result, and the form in which tokens and credentials are kept in
 //! the secret store.
 
 use chrono::{DateTime, Duration, Utc};
@@ -84,7 +84,7 @@ impl StoredSession {
 #[derive(Debug, Clone, Default)]
 pub struct Session {
     pub stored: StoredSession,
-    /// The last quota answer and when it was received.
+    /// The last quota result and when it was received.
     pub last_quota: Option<CheckAnswer>,
     pub last_quota_check: Option<DateTime<Utc>>,
     /// The login URL while an interactive login waits for the browser, so

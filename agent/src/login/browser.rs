@@ -25,7 +25,8 @@ fn browser_command(value: Option<OsString>) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Opens `url` on a blocking thread and tells the client when that failed.
+/// Opens `url` on a blocking thread and sends the client a progress note
+/// when that failed.
 /// The login goes on either way, because the user can open the URL from the
 /// progress note.
 pub fn open_in_background(url: String, profile: String, progress: Progress) {

@@ -1,7 +1,7 @@
 //! The loopback listener that receives the browser's redirect after login.
 //!
 //! It is bound on 127.0.0.1 before the browser opens, so the redirect never
-//! arrives at a closed port, and it answers the browser with a short page
+//! arrives at a closed port, and it responds to the browser with a short page
 //! saying whether the login finished.
 
 use std::path::Path;
@@ -21,7 +21,7 @@ pub struct CallbackListener {
     server: Arc<tiny_http::Server>,
 }
 
-/// What one browser request to the listener turned out to be.
+/// The kind of one browser request to the listener.
 #[derive(Debug, PartialEq)]
 enum Callback {
     /// The expected redirect with an authorization code.
@@ -30,7 +30,7 @@ enum Callback {
     ProviderError(String),
     /// A redirect from a different issuer (RFC 9207 `iss`): a mix-up.
     WrongIssuer(String),
-    /// A request to be answered and ignored (wrong path, stale state).
+    /// A request to respond to and then ignore (wrong path, stale state).
     Ignored { status: u16, reason: &'static str },
 }
 
@@ -49,7 +49,7 @@ impl CallbackListener {
         })
     }
 
-    /// The bound port (useful when bound to port 0).
+    /// Returns the bound port, which tests need after binding port 0.
     pub fn port(&self) -> u16 {
         self.server
             .server_addr()
@@ -58,7 +58,7 @@ impl CallbackListener {
             .unwrap_or_default()
     }
 
-    /// Waits for the redirect that carries `state`, answers the browser and
+    /// Waits for the redirect that carries `state`, responds to the browser and
     /// returns the authorization code.
     pub async fn wait(
         self,
@@ -177,7 +177,7 @@ fn respond(request: tiny_http::Request, status: u16, title: &str, text: &str) {
         .with_status_code(status)
         .with_header(header);
     if let Err(error) = request.respond(response) {
-        tracing::debug!(%error, "could not answer the browser");
+        tracing::debug!(%error, "could not respond to the browser");
     }
 }
 
@@ -269,7 +269,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn listener_returns_code_and_answers_browser() {
+    async fn listener_returns_code() {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = probe.local_addr().unwrap().port();
         drop(probe);

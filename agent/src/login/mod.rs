@@ -14,7 +14,7 @@ use crate::cache::session::IdentityTokens;
 use crate::config::Profile;
 use crate::progress::Progress;
 
-/// A failed login or token renewal. Each message says what to do.
+/// A failed login or token renewal. Each message states what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
     #[error(
@@ -44,11 +44,11 @@ pub enum LoginError {
 /// A failed renewal with the refresh token.
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
-    /// The identity provider answered `invalid_grant`: the refresh token is
+    /// The identity provider returned `invalid_grant`: the refresh token is
     /// expired or revoked and must be dropped.
     #[error("the identity provider rejected the refresh token (invalid_grant: {0})")]
     Rejected(String),
-    /// Anything else (network, 5xx, an answer without an ID token): the
+    /// Anything else (network, 5xx, a response without an ID token): the
     /// refresh token is kept for a later try.
     #[error("renewing the ID token failed: {0}")]
     Failed(String),

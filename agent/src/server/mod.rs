@@ -3,9 +3,9 @@
 //!
 //! A lock file (`agent.lock`, held with `flock` for the agent's lifetime)
 //! makes sure one agent serves a runtime folder. With the lock held, a
-//! socket file that nobody answers on is stale (its agent was killed) and is
-//! replaced; a socket that answers means another agent runs, and this one
-//! exits without touching it.
+//! socket file that accepts no connection is stale (its agent was killed)
+//! and is replaced. A socket that accepts a connection means another agent
+//! runs, and this one exits without touching it.
 //!
 //! Shutdown follows the shape of tokio's mini-redis: a broadcast channel
 //! tells every connection to stop after its current request, a task tracker

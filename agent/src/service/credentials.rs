@@ -164,7 +164,7 @@ impl Agent {
             }
             Ok(answer) => {
                 let message = quota::blocked_message(&profile.name, &answer);
-                tracing::warn!(profile = %profile.name, reason = ?answer.reason, "the quota backend refused credentials");
+                tracing::warn!(profile = %profile.name, reason = ?answer.reason, "the quota check denied credentials");
                 let stored = {
                     let mut session = state.session();
                     session.last_quota = Some(answer.clone());
@@ -287,8 +287,8 @@ impl Agent {
         Ok(tokens)
     }
 
-    /// Keeps new tokens; a different identity than before drops the
-    /// credentials and quota answer that belonged to the old one.
+    /// Stores new tokens. When the identity differs from the previous one,
+    /// the credentials and quota result of the old identity are dropped.
     async fn store_tokens(&self, profile: &Profile, state: &ProfileState, tokens: IdentityTokens) {
         let stored = {
             let mut session = state.session();

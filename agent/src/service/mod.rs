@@ -2,8 +2,8 @@
 //! keeps one [`ProfileState`] per configured profile.
 //!
 //! Work that may log in or call STS for a profile runs under that profile's
-//! async mutex (the single flight): any number of parallel requests for one
-//! profile share one login and one STS call, because the requests that wait
+//! async mutex (the single flight). So any number of parallel requests for
+//! one profile share one login and one STS call: the requests that wait
 //! behind the first find its result in the session.
 
 mod credentials;

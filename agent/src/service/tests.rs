@@ -60,7 +60,7 @@ pub(crate) enum QuotaReply {
     Status(u16),
 }
 
-/// A local HTTP server that answers `GET /v1/check`.
+/// A local HTTP server that serves `GET /v1/check`.
 pub(crate) struct FakeQuota {
     pub url: String,
     pub reply: Arc<StdMutex<QuotaReply>>,
@@ -300,7 +300,7 @@ async fn sts_request_uses_profile_and_identity() {
     assert_eq!(requests[0].duration_seconds, 3600);
     assert_eq!(requests[0].region, "us-east-1");
     assert_eq!(requests[0].web_identity_token.expose(), ID_TOKEN);
-    // No quota check configured: the SDK sees the STS expiry itself.
+    // Without a quota check the SDK gets the STS expiry itself.
     let left = handed.expiration - Utc::now();
     assert!(
         left > Duration::minutes(59) && left <= Duration::minutes(60),
@@ -346,7 +346,7 @@ async fn no_login_without_interactive() {
 }
 
 #[tokio::test]
-async fn expired_id_token_with_unreachable_provider_keeps_refresh_token() {
+async fn unreachable_provider_keeps_refresh_token() {
     let fixture = Fixture::new(&config_text(None, 30, "closed"));
     fixture.seed_login().await;
     {

@@ -4,7 +4,7 @@
 //! keyring. [`select`] picks the first store that works on this machine:
 //! on Linux the Secret Service, then the kernel keyring (keyutils), then
 //! memory only. [`MemoryStore`] is both the memory-only fallback and the
-//! test double (it can be told to fail).
+//! test double (a test can make it fail).
 
 pub mod keyring;
 
@@ -50,7 +50,7 @@ impl MemoryStore {
         self.failing.store(failing, Ordering::SeqCst);
     }
 
-    /// The number of successful saves so far.
+    /// Returns the number of successful saves so far.
     pub fn save_count(&self) -> usize {
         self.saves.load(Ordering::SeqCst)
     }
@@ -112,7 +112,7 @@ pub struct Selection {
 
 /// Picks the store. With `preference` `None` or `auto`, the first store
 /// that passes a probe (a write, a read and a delete) wins, else memory.
-/// A named store must pass its probe, or the error says why it did not.
+/// A named store must pass its probe, or the error states why it did not.
 /// Blocking: D-Bus calls to the Secret Service may take a moment.
 pub fn select(preference: Option<&str>) -> Result<Selection, String> {
     let preference = preference
