@@ -415,17 +415,17 @@ async fn group_claim_selects_group_policy() {
 
     let mut token_claims = claims(&issuer.url, user);
     token_claims["cognito:groups"] = json!("[staff interns]");
-    let answer = answer(backend.check(&key.sign(&token_claims)).await.1);
-    assert!(!answer.allowed, "{answer:?}");
-    let applied = answer.policy.expect("the applied policy");
+    let in_group = answer(backend.check(&key.sign(&token_claims)).await.1);
+    assert!(!in_group.allowed, "{in_group:?}");
+    let applied = in_group.policy.expect("the applied policy");
     assert_eq!(applied.kind, PolicyKind::Group);
     assert_eq!(applied.id, "interns");
 
     // Without the group, the default applies and allows.
-    let answer = self::answer(backend.check(&key.sign(&claims(&issuer.url, user))).await.1);
-    assert!(answer.allowed);
+    let outside = answer(backend.check(&key.sign(&claims(&issuer.url, user))).await.1);
+    assert!(outside.allowed);
     assert_eq!(
-        answer.policy.expect("the default").kind,
+        outside.policy.expect("the default").kind,
         PolicyKind::Default
     );
 }

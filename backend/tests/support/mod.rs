@@ -2,6 +2,7 @@
 //! serves discovery and JWKS on 127.0.0.1, a store wrapper that counts
 //! calls, and the backend router served on 127.0.0.1.
 
+// Each test file uses only some of these helpers.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
