@@ -7,8 +7,9 @@
 #      `tollgate-agent run --foreground`.
 #   3. Log in with the scripted browser (tests/support/browser), and make one
 #      shim call so the agent caches STS credentials.
-#   4. Benchmark. On exit, every process the script started is stopped by
-#      its PID.
+#   4. Benchmark, or run the command given as arguments in place of the
+#      benchmark, with the stack's environment (profile `bench`). On exit,
+#      every process the script started is stopped by its PID.
 #
 # Needs what scripts/install-deps.sh installs: node with the npm packages
 # under tests/support/oidc, and moto_server in $TOLLGATE_VENV.
@@ -107,4 +108,8 @@ wait_until "the agent socket" test -S "$TOLLGATE_RUNTIME_DIR/agent.sock"
 "$target/release/tollgate-credential-process" --profile bench >/dev/null \
     || fail "the first credential request failed; logs are in $work"
 
-"$repo/shim/benches/credential_process.sh" --profile bench
+if [[ $# -gt 0 ]]; then
+    "$@"
+else
+    "$repo/shim/benches/credential_process.sh" --profile bench
+fi
