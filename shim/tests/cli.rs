@@ -324,7 +324,7 @@ fn silent_agent_times_out() {
         result.elapsed
     );
     assert!(
-        result.elapsed < Duration::from_millis(1900),
+        result.elapsed < Duration::from_millis(2500),
         "{:?}",
         result.elapsed
     );
@@ -345,7 +345,7 @@ fn timeout_from_environment() {
     assert_eq!(result.code(), 4, "stderr: {}", result.stderr);
     assert!(result.stderr.contains("within 0.5 s"), "{}", result.stderr);
     assert!(
-        result.elapsed < Duration::from_millis(1400),
+        result.elapsed < Duration::from_millis(2000),
         "{:?}",
         result.elapsed
     );
@@ -357,21 +357,21 @@ fn progress_restarts_idle_timeout() {
     let agent = FakeAgent::serve(&sandbox, |session| {
         session.read_request();
         for _ in 0..2 {
-            std::thread::sleep(Duration::from_millis(600));
+            std::thread::sleep(Duration::from_millis(1200));
             session.send(r#"{"type":"progress","message":"Waiting for the browser login"}"#);
         }
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(1000));
         session.send(CREDENTIALS_LINE);
     });
-    let result = run(sandbox.shim(&["--profile", "bedrock", "--timeout", "1"]));
+    let result = run(sandbox.shim(&["--profile", "bedrock", "--timeout", "2"]));
     agent.requests();
 
-    // 1.7 s in all: longer than the 1 s idle timeout, within the 2 s cap.
+    // 3.4 s in all: longer than the 2 s idle timeout, within the 4 s cap.
     assert_eq!(result.code(), 0, "stderr: {}", result.stderr);
     assert_eq!(result.stdout, CREDENTIALS_JSON);
     assert_eq!(result.stderr.lines().count(), 2, "{}", result.stderr);
     assert!(
-        result.elapsed >= Duration::from_millis(1600),
+        result.elapsed >= Duration::from_millis(3300),
         "{:?}",
         result.elapsed
     );
@@ -384,7 +384,9 @@ fn hard_cap_stops_endless_progress() {
         session.read_request();
         for _ in 0..25 {
             std::thread::sleep(Duration::from_millis(200));
-            session.send(r#"{"type":"progress","message":"still waiting"}"#);
+            if !session.send(r#"{"type":"progress","message":"still waiting"}"#) {
+                break;
+            }
         }
     });
     let result = run(sandbox.shim(&["--profile", "bedrock", "--timeout", "1"]));
@@ -403,7 +405,7 @@ fn hard_cap_stops_endless_progress() {
         result.elapsed
     );
     assert!(
-        result.elapsed < Duration::from_millis(2900),
+        result.elapsed < Duration::from_millis(3500),
         "{:?}",
         result.elapsed
     );

@@ -229,7 +229,7 @@ fn agent_exiting_early_is_reported() {
         result.stderr
     );
     assert!(
-        result.elapsed < Duration::from_secs(3),
+        result.elapsed < Duration::from_secs(4),
         "{:?}",
         result.elapsed
     );
@@ -266,7 +266,7 @@ fn agent_without_socket_gives_up() {
     );
     // The start wait is cut to the 2 s hard cap of --timeout 1.
     assert!(
-        result.elapsed < Duration::from_millis(2900),
+        result.elapsed < Duration::from_millis(3500),
         "{:?}",
         result.elapsed
     );

@@ -188,10 +188,12 @@ impl Session {
         request
     }
 
-    /// Sends one response line.
-    pub fn send(&mut self, line: &str) {
-        // The shim may already have given up; a failed write is its business.
-        let _ = self.writer.write_all(format!("{line}\n").as_bytes());
+    /// Sends one response line and returns whether the write succeeded. It
+    /// fails once the shim has closed the connection.
+    pub fn send(&mut self, line: &str) -> bool {
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .is_ok()
     }
 
     /// Sends raw bytes.
