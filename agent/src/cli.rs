@@ -52,6 +52,9 @@ enum Command {
         /// The profile in the agent config (default: $TOLLGATE_PROFILE, else the only profile).
         #[arg(long)]
         profile: Option<String>,
+        /// Uses the device code login: open the printed URL on any device and enter the code.
+        #[arg(long)]
+        device_code: bool,
     },
     /// Removes the profile's tokens and AWS credentials from memory and the keyring.
     Logout {
@@ -76,7 +79,10 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { foreground: true } => run_foreground(),
         Command::Run { foreground: false } => run_background(),
-        Command::Login { profile } => client(|socket| login(socket, profile)),
+        Command::Login {
+            profile,
+            device_code,
+        } => client(|socket| login(socket, profile, device_code)),
         Command::Logout { profile } => client(|socket| logout(socket, profile)),
         Command::Status { profile, json } => client(|socket| status(socket, profile, json)),
     };
@@ -220,13 +226,13 @@ fn finish(response: Response) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn login(socket: &Path, profile: Option<String>) -> anyhow::Result<ExitCode> {
+fn login(socket: &Path, profile: Option<String>, device_code: bool) -> anyhow::Result<ExitCode> {
     let profile = resolve_profile(profile)?;
     finish(exchange(
         socket,
         RequestBody::Login {
             profile,
-            device_code: false,
+            device_code,
         },
     )?)
 }

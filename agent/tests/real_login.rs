@@ -104,6 +104,16 @@ impl AgentRun {
 
     /// Sends one request; returns the progress lines and the final response.
     fn request(&self, body: RequestBody) -> Result<(Vec<Response>, Response)> {
+        self.request_with(body, |_| Ok(()))
+    }
+
+    /// Sends one request and calls `on_progress` for each progress line as
+    /// it arrives.
+    fn request_with(
+        &self,
+        body: RequestBody,
+        mut on_progress: impl FnMut(&Response) -> Result<()>,
+    ) -> Result<(Vec<Response>, Response)> {
         let mut stream = UnixStream::connect(&self.socket).context("connect to the agent")?;
         stream.set_read_timeout(Some(Duration::from_secs(90)))?;
         writeln!(stream, "{}", serde_json::to_string(&Request::new(body))?)?;
@@ -119,6 +129,7 @@ impl AgentRun {
             if response.is_final() {
                 return Ok((progress, response));
             }
+            on_progress(&response)?;
             progress.push(response);
         }
     }
@@ -422,4 +433,65 @@ fn session_survives_restart_in_secret_service() -> Result<()> {
         return Ok(());
     }
     session_survives_restart(&StoreChoice::SecretService)
+}
+
+#[test]
+fn device_code_login_finishes() -> Result<()> {
+    let logs = tempfile::tempdir()?;
+    let (oidc, moto, port) = start_components(logs.path(), None)?;
+    let agent = AgentRun::start(
+        logs.path(),
+        oidc.issuer(),
+        moto.url(),
+        port,
+        &StoreChoice::Memory,
+    )?;
+
+    // The person confirms the code with tests/support/device-login, as if
+    // on another device, once the agent has printed the URL.
+    let mut person = None;
+    let (progress, response) = agent.request_with(
+        RequestBody::Login {
+            profile: "bedrock".into(),
+            device_code: true,
+        },
+        |note| {
+            if let Response::Progress { url: Some(url), .. } = note {
+                person = Some(
+                    Command::new(support_dir().join("device-login"))
+                        .arg(url)
+                        .env("TOLLGATE_TEST_LOGIN", "ana@example.com")
+                        .output()?,
+                );
+            }
+            Ok(())
+        },
+    )?;
+    let person = person.context("the device login URL is sent as progress")?;
+    assert!(
+        person.status.success(),
+        "{}",
+        String::from_utf8_lossy(&person.stderr)
+    );
+    let Response::Progress { message, .. } = &progress[0] else {
+        anyhow::bail!("expected a progress note, got {:?}", progress[0]);
+    };
+    assert!(message.contains("enter the code"), "{message}");
+    let Response::Done { message } = response else {
+        anyhow::bail!(
+            "expected the login to finish, got {response:?}; agent log:\n{}",
+            agent.log()
+        );
+    };
+    assert!(message.contains("as ana@example.com"), "{message}");
+    assert_eq!(oidc.stats()?.device_authorization_requests, 1);
+    assert_eq!(oidc.stats()?.authorization_requests, 0, "no browser login");
+
+    let credentials = get_credentials(&agent, false)?;
+    assert!(
+        credentials.access_key_id.starts_with("ASIA"),
+        "{}",
+        credentials.access_key_id
+    );
+    Ok(())
 }

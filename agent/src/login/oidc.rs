@@ -14,19 +14,25 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use openidconnect::core::{
-    CoreAuthenticationFlow, CoreClient, CoreErrorResponseType, CoreIdToken, CoreProviderMetadata,
-    CoreTokenResponse,
+    CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient,
+    CoreClientAuthMethod, CoreDeviceAuthorizationResponse, CoreErrorResponseType, CoreGrantType,
+    CoreIdToken, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm,
+    CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType, CoreTokenResponse,
 };
 use openidconnect::{
-    AuthorizationCode, ClaimsVerificationError, ClientId, CsrfToken, EndpointMaybeSet,
-    EndpointNotSet, EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
-    PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse,
+    AdditionalProviderMetadata, AuthorizationCode, ClaimsVerificationError, ClientId, CsrfToken,
+    DeviceAuthorizationUrl, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce,
+    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
+    RefreshToken, RequestTokenError, Scope, TokenResponse,
 };
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 use tollgate_protocol::Secret;
 
 use super::{LoginError, RefreshError};
 use crate::cache::session::IdentityTokens;
 use crate::config::Profile;
+use crate::progress::Progress;
 use crate::quota::error_chain;
 
 /// How long discovery metadata (and the JWKS in it) is reused.
@@ -34,6 +40,31 @@ const METADATA_TTL: Duration = Duration::from_secs(3600);
 
 /// How long one request to the identity provider may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Discovery fields that the core metadata type lacks.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ExtraProviderMetadata {
+    /// The device authorization endpoint (RFC 8628), when the provider has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_authorization_endpoint: Option<DeviceAuthorizationUrl>,
+}
+
+impl AdditionalProviderMetadata for ExtraProviderMetadata {}
+
+type Metadata = ProviderMetadata<
+    ExtraProviderMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
 
 type ProviderClient = CoreClient<
     EndpointSet,
@@ -54,7 +85,7 @@ pub struct PendingLogin {
 }
 
 impl PendingLogin {
-    /// The authorization URL to open in the browser.
+    /// Returns the authorization URL to open in the browser.
     pub fn url(&self) -> &url::Url {
         &self.url
     }
@@ -68,7 +99,7 @@ impl PendingLogin {
 /// The OIDC client shared by all profiles.
 pub struct Oidc {
     http: openidconnect::reqwest::Client,
-    metadata: Mutex<HashMap<String, (Instant, CoreProviderMetadata)>>,
+    metadata: Mutex<HashMap<String, (Instant, Metadata)>>,
 }
 
 impl Oidc {
@@ -85,7 +116,7 @@ impl Oidc {
         })
     }
 
-    /// The HTTP client, shared with the quota check.
+    /// Returns the HTTP client, which the quota check shares.
     pub fn http(&self) -> &openidconnect::reqwest::Client {
         &self.http
     }
@@ -94,7 +125,7 @@ impl Oidc {
         &self,
         issuer: &str,
         fetch_again: bool,
-    ) -> Result<CoreProviderMetadata, LoginError> {
+    ) -> Result<Metadata, LoginError> {
         if !fetch_again
             && let Some((fetched, metadata)) = self
                 .metadata
@@ -114,7 +145,7 @@ impl Oidc {
         };
         let issuer_url = IssuerUrl::new(issuer.to_string())
             .map_err(|error| discovery_error(error.to_string()))?;
-        let metadata = CoreProviderMetadata::discover_async(issuer_url, &self.http)
+        let metadata = Metadata::discover_async(issuer_url, &self.http)
             .await
             .map_err(|error| discovery_error(error_chain(&error)))?;
         tracing::debug!(issuer, "fetched the OIDC discovery document and JWKS");
@@ -190,13 +221,7 @@ impl Oidc {
                 ))
             })?;
         let tokens = self
-            .tokens_from(
-                profile,
-                &pending.client,
-                &response,
-                Some(&pending.nonce),
-                None,
-            )
+            .tokens_from(profile, &response, Some(&pending.nonce), None)
             .await?;
         tracing::info!(profile = %profile.name, identity = %tokens.identity, expires = %tokens.id_token_expiration, refresh_token = tokens.refresh_token.is_some(), "login finished");
         Ok(tokens)
@@ -229,23 +254,94 @@ impl Oidc {
                 _ => RefreshError::Failed(error_chain(&error)),
             })?;
         let tokens = self
-            .tokens_from(
-                profile,
-                &client,
-                &response,
-                None,
-                Some(refresh_token.clone()),
-            )
+            .tokens_from(profile, &response, None, Some(refresh_token.clone()))
             .await
             .map_err(|error| RefreshError::Failed(error.to_string()))?;
         tracing::info!(profile = %profile.name, identity = %tokens.identity, expires = %tokens.id_token_expiration, "renewed the ID token with the refresh token");
         Ok(tokens)
     }
 
+    /// Logs in with the device authorization grant (RFC 8628): sends the
+    /// verification URL and user code as progress, then polls the token
+    /// endpoint until the user has confirmed on any device.
+    pub async fn device_login(
+        &self,
+        profile: &Profile,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<IdentityTokens, LoginError> {
+        let metadata = self.provider_metadata(&profile.issuer, false).await?;
+        let Some(device_url) = metadata
+            .additional_metadata()
+            .device_authorization_endpoint
+            .clone()
+        else {
+            return Err(LoginError::Failed(format!(
+                "the identity provider `{}` announces no device_authorization_endpoint; use the browser login",
+                profile.issuer
+            )));
+        };
+        let client = CoreClient::from_provider_metadata(
+            metadata,
+            ClientId::new(profile.client_id.clone()),
+            None,
+        )
+        .set_device_authorization_url(device_url);
+        let mut request = client.exchange_device_code();
+        for scope in profile
+            .scopes
+            .iter()
+            .filter(|scope| scope.as_str() != "openid")
+        {
+            request = request.add_scope(Scope::new(scope.clone()));
+        }
+        let details: CoreDeviceAuthorizationResponse =
+            request.request_async(&self.http).await.map_err(|error| {
+                LoginError::Failed(format!(
+                    "the device authorization request failed: {}",
+                    error_chain(&error)
+                ))
+            })?;
+        let open_url = details
+            .verification_uri_complete()
+            .map(|complete| complete.secret().clone())
+            .unwrap_or_else(|| details.verification_uri().to_string());
+        progress.send(
+            format!(
+                "To log in for Tollgate profile `{}`, open {} on any device and enter the code {}",
+                profile.name,
+                details.verification_uri().as_str(),
+                details.user_code().secret()
+            ),
+            Some(open_url),
+        );
+        tracing::info!(profile = %profile.name, "waiting for the device code login");
+        let timeout = Duration::from_secs(profile.login_timeout_seconds).min(details.expires_in());
+        let started = Instant::now();
+        let polling = client
+            .exchange_device_access_token(&details)
+            .map_err(|error| {
+                LoginError::Failed(format!("the provider announces no token endpoint: {error}"))
+            })?
+            .request_async(&self.http, tokio::time::sleep, Some(timeout));
+        let response = tokio::select! {
+            response = polling => response.map_err(|error| {
+                if started.elapsed() >= timeout {
+                    LoginError::TimedOut { seconds: timeout.as_secs() }
+                } else {
+                    LoginError::Failed(format!("the device code login failed: {}", error_chain(&error)))
+                }
+            })?,
+            () = cancel.cancelled() => return Err(LoginError::Cancelled),
+        };
+        let tokens = self.tokens_from(profile, &response, None, None).await?;
+        tracing::info!(profile = %profile.name, identity = %tokens.identity, expires = %tokens.id_token_expiration, refresh_token = tokens.refresh_token.is_some(), "device code login finished");
+        Ok(tokens)
+    }
+
     async fn tokens_from(
         &self,
         profile: &Profile,
-        client: &ProviderClient,
         response: &CoreTokenResponse,
         nonce: Option<&Nonce>,
         previous_refresh_token: Option<Secret>,
@@ -255,7 +351,8 @@ impl Oidc {
                 "the token response has no id_token; check that the scopes include openid".into(),
             )
         })?;
-        let expiration = match verify(client, id_token, nonce) {
+        let client = self.client(profile, false).await?;
+        let expiration = match verify(&client, id_token, nonce) {
             Err(ClaimsVerificationError::SignatureVerification(first)) => {
                 tracing::debug!(error = %first, "ID token signature did not verify; fetching the JWKS again");
                 let fresh = self.client(profile, true).await?;
@@ -282,8 +379,9 @@ impl Oidc {
 }
 
 /// Validates `id_token` and returns its expiry. A `nonce` of `None` (after
-/// a refresh) accepts any nonce, because refreshed ID tokens repeat the
-/// login's nonce or carry none.
+/// a refresh or a device code login) accepts any nonce, because refreshed ID
+/// tokens repeat the login's nonce or carry none, and the device flow sends
+/// no nonce.
 fn verify(
     client: &ProviderClient,
     id_token: &CoreIdToken,

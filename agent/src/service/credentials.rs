@@ -260,7 +260,7 @@ impl Agent {
             }
             return Err(error);
         }
-        self.run_login(profile, state, progress).await
+        self.run_login(profile, state, progress, false).await
     }
 
     async fn run_login(
@@ -268,16 +268,23 @@ impl Agent {
         profile: &Profile,
         state: &ProfileState,
         progress: &Progress,
+        device_code: bool,
     ) -> Result<IdentityTokens, AgentError> {
-        let result = login::interactive_login(
-            &self.oidc,
-            profile,
-            self.config.path(),
-            progress,
-            |url| state.session().pending_login_url = Some(url.to_string()),
-            &self.shutdown,
-        )
-        .await;
+        let result = if device_code {
+            self.oidc
+                .device_login(profile, progress, &self.shutdown)
+                .await
+        } else {
+            login::interactive_login(
+                &self.oidc,
+                profile,
+                self.config.path(),
+                progress,
+                |url| state.session().pending_login_url = Some(url.to_string()),
+                &self.shutdown,
+            )
+            .await
+        };
         state.session().pending_login_url = None;
         let tokens = result.map_err(|error| {
             tracing::warn!(profile = %profile.name, %error, "the login failed");
@@ -327,17 +334,13 @@ impl Agent {
         device_code: bool,
         progress: &Progress,
     ) -> Result<Response, AgentError> {
-        if device_code {
-            return Err(AgentError::new(
-                ErrorKind::LoginFailed,
-                "this agent does not support the device code login yet; run `tollgate-agent login` for the browser login",
-            ));
-        }
         let config = self.config.current()?;
         let profile = config.profile(name)?.clone();
         let state: Arc<ProfileState> = self.profile_state(&profile).await;
         let _flight = self.enter_flight(&profile, &state, progress).await;
-        let tokens = self.run_login(&profile, &state, progress).await?;
+        let tokens = self
+            .run_login(&profile, &state, progress, device_code)
+            .await?;
         Ok(Response::Done {
             message: format!(
                 "Logged in to profile `{name}` as {}; the ID token expires at {}{}.",

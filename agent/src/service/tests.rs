@@ -728,7 +728,7 @@ async fn issuer_change_drops_login() {
 }
 
 #[tokio::test]
-async fn device_code_login_rejected() {
+async fn device_login_unreachable_issuer_fails() {
     let fixture = Fixture::new(&config_text(None, 30, "closed"));
     let body = error(
         fixture
@@ -743,7 +743,13 @@ async fn device_code_login_rejected() {
             .await,
     );
     assert_eq!(body.kind, ErrorKind::LoginFailed);
-    assert!(body.message.contains("device code"), "{}", body.message);
+    assert!(
+        body.message.contains(
+            "OIDC discovery at http://127.0.0.1:9/.well-known/openid-configuration failed"
+        ),
+        "{}",
+        body.message
+    );
 }
 
 /// A log sink shared with the test.
