@@ -45,19 +45,8 @@ pub fn connect_or_start(
     deadline: &Deadline,
     env: &impl Fn(&str) -> Option<OsString>,
 ) -> Result<UnixStream, Failure> {
-    match UnixStream::connect(socket) {
-        Ok(stream) => return verify_peer(stream, socket),
-        Err(error) if agent_absent(&error) => {}
-        Err(error) => {
-            return Err(Failure::new(
-                FailureKind::Unreachable,
-                anyhow::Error::new(error).context(format!(
-                    "failed to connect to the agent socket {}",
-                    socket.display()
-                )),
-            )
-            .with_hint(start_by_hand_hint(env)));
-        }
+    if let Some(stream) = try_connect(socket, deadline, env)? {
+        return Ok(stream);
     }
 
     let not_started = || {
@@ -77,6 +66,79 @@ pub fn connect_or_start(
             .with_hint(start_by_hand_hint(env))
     })?;
     wait_for_socket(socket, child, &binary, deadline, env)
+}
+
+/// Connects to the agent socket and checks its peer. Returns `None` when no
+/// agent listens there.
+fn try_connect(
+    socket: &Path,
+    deadline: &Deadline,
+    env: &impl Fn(&str) -> Option<OsString>,
+) -> Result<Option<UnixStream>, Failure> {
+    match connect(socket, deadline) {
+        Ok(stream) => verify_peer(stream, socket).map(Some),
+        Err(error) if agent_absent(&error) => Ok(None),
+        Err(error) if error.kind() == IoErrorKind::TimedOut => Err(Failure::new(
+            FailureKind::TimedOut,
+            anyhow!(
+                "the agent at {} did not accept the connection within {} s, because \
+                 its queue of pending connections stayed full",
+                socket.display(),
+                deadline.idle().as_secs_f64()
+            ),
+        )
+        .with_hint("restart the agent with `tollgate-agent run`, or check its log")),
+        Err(error) => Err(Failure::new(
+            FailureKind::Unreachable,
+            anyhow::Error::new(error).context(format!(
+                "failed to connect to the agent socket {}",
+                socket.display()
+            )),
+        )
+        .with_hint(start_by_hand_hint(env))),
+    }
+}
+
+/// Connects without blocking on a full accept queue. A blocking `connect`
+/// on a Unix socket waits with no timeout while the listener's queue is
+/// full. A non-blocking one fails with `EAGAIN` instead, and this retries
+/// until the deadline.
+#[cfg(target_os = "linux")]
+fn connect(socket: &Path, deadline: &Deadline) -> io::Result<UnixStream> {
+    use rustix::io::Errno;
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+
+    let address = SocketAddrUnix::new(socket)?;
+    let mut delay = FIRST_RETRY_DELAY;
+    loop {
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
+        match rustix::net::connect(&fd, &address) {
+            Ok(()) => {
+                rustix::io::ioctl_fionbio(&fd, false)?;
+                return Ok(UnixStream::from(fd));
+            }
+            Err(Errno::AGAIN) => {
+                let left = deadline
+                    .remaining()
+                    .map_err(|_| io::Error::from(IoErrorKind::TimedOut))?;
+                std::thread::sleep(delay.min(left));
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// NOTE: other Unix systems use a blocking connect, which waits with no
+/// timeout while the agent's accept queue is full.
+#[cfg(not(target_os = "linux"))]
+fn connect(socket: &Path, _deadline: &Deadline) -> io::Result<UnixStream> {
+    UnixStream::connect(socket)
 }
 
 /// Returns whether a connect error means that no agent listens. That is
@@ -168,19 +230,8 @@ fn wait_for_socket(
     let mut exited: Option<(ExitStatus, Instant)> = None;
 
     loop {
-        match UnixStream::connect(socket) {
-            Ok(stream) => return verify_peer(stream, socket),
-            Err(error) if agent_absent(&error) => {}
-            Err(error) => {
-                return Err(Failure::new(
-                    FailureKind::Unreachable,
-                    anyhow::Error::new(error).context(format!(
-                        "failed to connect to the agent socket {}",
-                        socket.display()
-                    )),
-                )
-                .with_hint(start_by_hand_hint(env)));
-            }
+        if let Some(stream) = try_connect(socket, deadline, env)? {
+            return Ok(stream);
         }
 
         if exited.is_none()
@@ -194,7 +245,7 @@ fn wait_for_socket(
             None => elapsed >= limit,
         };
         if gave_up {
-            let what = match exited {
+            let reason = match exited {
                 Some((status, _)) => format!(
                     "started `{} run` (pid {}), but it exited with {status} before \
                      opening the socket",
@@ -210,7 +261,7 @@ fn wait_for_socket(
             };
             return Err(Failure::new(
                 FailureKind::Unreachable,
-                anyhow!("no agent is listening at {}: {what}", socket.display()),
+                anyhow!("no agent is listening at {}: {reason}", socket.display()),
             )
             .with_hint(start_by_hand_hint(env)));
         }

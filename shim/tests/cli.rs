@@ -499,3 +499,54 @@ fn long_line_in_pieces_is_joined() {
         )
     );
 }
+
+#[test]
+fn full_accept_queue_times_out() {
+    use rustix::io::Errno;
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.runtime_dir()).unwrap();
+    let address = SocketAddrUnix::new(sandbox.socket()).unwrap();
+    let new_socket = || {
+        rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap()
+    };
+    // A listener with an accept queue of one that never accepts, filled up.
+    let listener = new_socket();
+    rustix::net::bind(&listener, &address).unwrap();
+    rustix::net::listen(&listener, 0).unwrap();
+    let mut queued = Vec::new();
+    loop {
+        let client = new_socket();
+        match rustix::net::connect(&client, &address) {
+            Ok(()) => queued.push(client),
+            Err(Errno::AGAIN) => break,
+            Err(error) => panic!("filling the accept queue failed: {error}"),
+        }
+        assert!(queued.len() < 100, "the accept queue never filled up");
+    }
+
+    let result = run(sandbox.shim(&["--profile", "bedrock", "--timeout", "1"]));
+
+    assert_eq!(result.code(), 4, "stderr: {}", result.stderr);
+    assert_eq!(result.stdout, "");
+    assert!(
+        result
+            .stderr
+            .contains("did not accept the connection within 1 s"),
+        "{}",
+        result.stderr
+    );
+    assert!(
+        result.elapsed < Duration::from_millis(2500),
+        "{:?}",
+        result.elapsed
+    );
+    assert_eq!(sandbox.unexpected_starts(), 0);
+}
