@@ -117,24 +117,30 @@ async fn protocol_errors_are_data() {
         )
     })
     .await;
+
     let (kind, message) = error_kind(&responses[0]);
     assert_eq!(kind, ErrorKind::UnknownRequest);
     assert!(message.contains("`teleport`"), "{message}");
+
     let (kind, message) = error_kind(&responses[1]);
     assert_eq!(kind, ErrorKind::MalformedRequest);
     assert!(message.contains("not valid JSON"), "{message}");
+
     let (kind, message) = error_kind(&responses[2]);
     assert_eq!(kind, ErrorKind::UnsupportedVersion);
     assert!(
         message.contains("version 2") && message.contains("speaks version 1"),
         "{message}"
     );
+
     let (kind, message) = error_kind(&responses[3]);
     assert_eq!(kind, ErrorKind::MalformedRequest);
     assert!(message.contains("`v`"), "{message}");
+
     let (kind, message) = error_kind(&responses[4]);
     assert_eq!(kind, ErrorKind::MalformedRequest);
     assert!(message.contains("profile"), "{message}");
+
     match &responses[5] {
         Response::Hello { versions, .. } => assert_eq!(versions, &[1]),
         other => panic!("expected hello, got {other:?}"),
@@ -227,12 +233,14 @@ async fn other_uid_rejected() {
         return;
     }
     let agent = Running::start().await;
+
     // Open the folder and the socket so only the agent's peer check is
     // between another user and the protocol.
     std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(agent.runtime(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&agent.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let socket = agent.socket.clone();
+
     let output = blocking(move || {
         use std::os::unix::process::CommandExt;
         std::process::Command::new("python3")
@@ -271,5 +279,50 @@ async fn other_uid_rejected() {
         matches!(responses[0], Response::Hello { .. }),
         "the owner is still served"
     );
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_queues_extra_clients() {
+    use tollgate_agent::server::MAX_CONNECTIONS;
+    let agent = Running::start().await;
+    let socket = agent.socket.clone();
+    let (waited, served) = blocking(move || {
+        let hello = r#"{"v":1,"type":"hello","client":"t"}"#;
+        let mut open = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let mut stream = UnixStream::connect(&socket).unwrap();
+            writeln!(stream, "{hello}").unwrap();
+            let mut line = String::new();
+            BufReader::new(stream.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert!(line.contains("\"hello\""), "{line}");
+            open.push(stream);
+        }
+        // One more client waits in the listen backlog.
+        let mut extra = UnixStream::connect(&socket).unwrap();
+        writeln!(extra, "{hello}").unwrap();
+        extra
+            .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+            .unwrap();
+        let mut reader = BufReader::new(extra.try_clone().unwrap());
+        let mut line = String::new();
+        let waited = reader.read_line(&mut line).is_err();
+        // Closing one connection frees a place for it.
+        drop(open.pop());
+        extra
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        reader.read_line(&mut line).unwrap();
+        (waited, line)
+    })
+    .await;
+    assert!(
+        waited,
+        "the extra client is not served while {} connections are open",
+        tollgate_agent::server::MAX_CONNECTIONS
+    );
+    assert!(served.contains("\"hello\""), "{served}");
     agent.shutdown().await;
 }

@@ -61,6 +61,7 @@ impl AgentRun {
                  login_timeout_seconds = 60\n"
             ),
         )?;
+
         let agent = env!("CARGO_BIN_EXE_tollgate-agent");
         let (mut command, store_name) = match store {
             StoreChoice::Memory => (Command::new(agent), "memory"),
@@ -89,6 +90,7 @@ impl AgentRun {
             .env("TOLLGATE_TEST_LOGIN", "ana@example.com")
             .env("TOLLGATE_TEST_BROWSER_LOG", dir.join("browser.log"))
             .env("AWS_EC2_METADATA_DISABLED", "true");
+
         let mut service = Service::spawn("agent", command, &dir)?;
         let socket = runtime.join("agent.sock");
         wait_for("the agent socket", Duration::from_secs(20), || {

@@ -321,6 +321,32 @@ async fn cached_credentials_reused() {
 }
 
 #[tokio::test]
+async fn expiring_credentials_renewed() {
+    let fixture = Fixture::new(&config_text(None, 30, "closed"));
+    fixture.seed_login().await;
+    {
+        let config = fixture.agent.config.current().unwrap();
+        let state = fixture
+            .agent
+            .profile_state(config.profile("bedrock").unwrap())
+            .await;
+        let mut session = state.session();
+        session.stored.role_arn = Some("arn:aws:iam::123456789012:role/ClaudeCodeBedrock".into());
+        session.stored.credentials = Some(StsCredentials {
+            access_key_id: "ASIAOLD".into(),
+            secret_access_key: Secret::new("old-secret"),
+            session_token: Secret::new("old-token"),
+            // Less than the 16 minutes an SDK needs.
+            expiration: Utc::now() + Duration::minutes(15),
+            assumed_role_arn: None,
+        });
+    }
+    let handed = credentials(fixture.get_credentials().await);
+    assert_eq!(handed.access_key_id, "ASIAFAKE1");
+    assert_eq!(fixture.sts.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn no_login_without_interactive() {
     let fixture = Fixture::new(&config_text(None, 30, "closed"));
     let body = error(fixture.get_credentials().await);
