@@ -6,6 +6,11 @@
 //! loopback redirect), exchanges the ID token for role credentials with STS
 //! `AssumeRoleWithWebIdentity`, checks the quota backend before handing
 //! credentials out, and caches tokens and credentials in the OS keyring.
+//!
+//! NOTE: the socket server, the runtime folder checks and the signal
+//! handling are Unix-only (built and tested on Linux). Windows needs a
+//! named-pipe server, which is not written yet, so the crate does not build
+//! there.
 
 pub mod cache;
 pub mod cli;
