@@ -25,7 +25,7 @@ pub fn check_url(quota_url: &str) -> String {
 }
 
 /// Calls the check endpoint with the ID token as bearer token. Any HTTP
-/// status other than 200 and any body that is not a [`CheckAnswer`] is a
+/// status outside 2xx and any body that is not a [`CheckAnswer`] is a
 /// [`CheckFailed`].
 pub async fn check(
     http: &reqwest::Client,
@@ -122,7 +122,7 @@ fn describe_period(period_name: &str, usage: &PeriodUsage) -> String {
 /// Explains a refusal: which limit, usage against it, when it resets and
 /// what to do.
 pub fn blocked_message(profile: &str, answer: &CheckAnswer) -> String {
-    let what = match answer.reason {
+    let limit_text = match answer.reason {
         Reason::DailyLimitExceeded => describe_period("daily", &answer.usage.daily),
         Reason::MonthlyLimitExceeded => describe_period("monthly", &answer.usage.monthly),
         _ => {
@@ -138,7 +138,7 @@ pub fn blocked_message(profile: &str, answer: &CheckAnswer) -> String {
         }
     };
     format!(
-        "Tollgate quota for {} (profile `{profile}`): {what}. Wait for the reset, or ask your Tollgate administrator to raise the limit or grant a temporary unblock.",
+        "Tollgate quota for {} (profile `{profile}`): {limit_text}. Wait for the reset, or ask your Tollgate administrator to raise the limit or grant a temporary unblock.",
         answer.user
     )
 }

@@ -8,7 +8,7 @@
 //! runs, and this one exits without touching it.
 //!
 //! Shutdown follows the shape of tokio's mini-redis: a broadcast channel
-//! tells every connection to stop after its current request, a task tracker
+//! notifies every connection to stop after its current request, a task tracker
 //! waits for them (bounded by [`DRAIN_TIMEOUT`]), and the socket file is
 //! removed.
 
