@@ -94,9 +94,14 @@ fn default_true() -> bool {
 }
 
 /// One response line.
+///
+/// The `Error` variant is much larger than the others because it can carry a
+/// whole quota answer; a response is built once per request and written out
+/// at once, so boxing it would buy nothing.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 #[non_exhaustive]
+#[allow(clippy::large_enum_variant)]
 pub enum Response {
     Hello {
         /// The protocol versions the agent speaks.
