@@ -295,6 +295,14 @@ fn browser_login_gets_moto_credentials() -> Result<()> {
         );
     }
 
+    // A second login right away binds the callback port again.
+    let (_, response) = agent.request(RequestBody::Login {
+        profile: "bedrock".into(),
+        device_code: false,
+    })?;
+    assert!(matches!(response, Response::Done { .. }), "{response:?}");
+    assert_eq!(oidc.stats()?.authorization_requests, 2);
+
     agent.stop()?;
     assert!(!agent.socket.exists(), "the socket is removed on SIGTERM");
     Ok(())

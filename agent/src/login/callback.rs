@@ -37,12 +37,14 @@ enum Callback {
 impl CallbackListener {
     /// Binds `127.0.0.1:port`. A busy port is a [`LoginError::PortBusy`].
     pub fn bind(port: u16, config_path: &Path) -> Result<Self, LoginError> {
-        let server =
-            tiny_http::Server::http(("127.0.0.1", port)).map_err(|error| LoginError::PortBusy {
-                port,
-                cause: error.to_string(),
-                config: config_path.display().to_string(),
-            })?;
+        let busy = |cause: String| LoginError::PortBusy {
+            port,
+            cause,
+            config: config_path.display().to_string(),
+        };
+        let listener = listen_loopback(port).map_err(|error| busy(error.to_string()))?;
+        let server = tiny_http::Server::from_listener(listener, None)
+            .map_err(|error| busy(error.to_string()))?;
         tracing::debug!(port, "bound the login callback listener");
         Ok(Self {
             server: Arc::new(server),
@@ -115,6 +117,27 @@ impl CallbackListener {
         .await
         .map_err(|error| LoginError::Failed(format!("the callback task failed: {error}")))?
     }
+}
+
+/// Listens on `127.0.0.1:port` with `SO_REUSEADDR`. The callback closes
+/// each browser connection first, which leaves it in TIME_WAIT for about a
+/// minute, and without the option the next login could not bind the port
+/// until then. A port that another socket listens on is still refused.
+fn listen_loopback(port: u16) -> std::io::Result<std::net::TcpListener> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let socket = rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::sockopt::set_socket_reuseaddr(&socket, true)?;
+    rustix::net::bind(
+        &socket,
+        &std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port),
+    )?;
+    rustix::net::listen(&socket, 16)?;
+    Ok(std::net::TcpListener::from(socket))
 }
 
 fn classify(request_url: &str, state: &str, issuer: &str) -> Callback {
@@ -303,6 +326,9 @@ mod tests {
         assert!(done.contains("You are logged in to Tollgate"), "{done}");
         let code = waiting.await.unwrap().unwrap();
         assert_eq!(code.expose(), "the-code");
+
+        // The port is free again for the next login.
+        assert!(CallbackListener::bind(port, Path::new("/cfg")).is_ok());
     }
 
     #[tokio::test]
