@@ -32,6 +32,10 @@ pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/ClaudeCodeBedrock";
 /// The AWS region of every profile.
 pub const REGION: &str = "us-east-1";
 
+/// The environment variable that keeps each stack's folder (logs, HOME,
+/// configuration) after the test when set to `1`, for debugging.
+pub const KEEP_ENV: &str = "TOLLGATE_TEST_KEEP";
+
 /// How long an agent that the harness starts may take to accept a
 /// connection on its socket.
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -737,6 +741,9 @@ impl Drop for Stack {
             }
         }
         self.stop_agents();
+        if std::env::var_os(KEEP_ENV).is_some_and(|value| value == "1") {
+            self.dir.disable_cleanup(true);
+        }
     }
 }
 

@@ -112,3 +112,27 @@ fn shim_prints_credential_process_json() -> Result<()> {
     assert_eq!(stack.sts_assume_role_calls(), 1);
     Ok(())
 }
+
+#[test]
+fn js_sdk_session_spawns_shim_once() -> Result<()> {
+    let stack = Stack::builder()
+        .profile(ProfileSpec::new("bedrock").count_shim_spawns())
+        .start()?;
+    let script = tollgate_tests::locate::support_dir().join("js/caller-identity.mjs");
+
+    let mut command = stack.command("node");
+    command
+        .arg(&script)
+        .arg("10")
+        .env("AWS_PROFILE", stack.profile("bedrock"));
+    let output = stack.run(command, "node")?;
+    output.ensure_success("the JavaScript SDK script")?;
+    let result = output.json()?;
+
+    let arns = result["arns"].as_array().expect("a list of ARNs");
+    assert_eq!(arns.len(), 10);
+    assert!(arns.iter().all(|arn| arn == ALICE_ARN), "{arns:?}");
+    assert_eq!(stack.shim_spawns("bedrock"), 1, "credential_process runs");
+    assert_eq!(stack.sts_assume_role_calls(), 1);
+    Ok(())
+}
