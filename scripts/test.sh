@@ -34,6 +34,7 @@ export CARGO_TARGET_DIR="${TOLLGATE_CARGO_TARGET:-/var/cache/tollgate/target}"
 export TOLLGATE_VENV="${venv_bin%/bin}"
 export TOLLGATE_BIN_DIR="$CARGO_TARGET_DIR/debug"
 export AWS_EC2_METADATA_DISABLED=true
+export TOLLGATE_NEXTEST_CONFIG="$repo/scripts/nextest.toml"
 mkdir -p "$CARGO_TARGET_DIR"
 
 section "Building the workspace"
@@ -54,7 +55,8 @@ dbus-run-session -- bash -c '
   set -euo pipefail
   # Creates and unlocks the "login" collection without a prompt.
   printf "test-password" | gnome-keyring-daemon --unlock --components=secrets >/dev/null
-  exec cargo nextest run --workspace --no-fail-fast "$@"
+  exec cargo nextest run --workspace --no-fail-fast \
+    --tool-config-file "tollgate:$TOLLGATE_NEXTEST_CONFIG" "$@"
 ' nextest "$@" || status=$?
 
 exit "$status"
