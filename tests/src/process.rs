@@ -199,11 +199,6 @@ pub fn wait_for<T>(
     }
 }
 
-/// Returns whether a process with this id exists (a zombie counts).
-pub fn pid_exists(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
 /// Returns whether the process has ended or is a zombie waiting for its
 /// parent.
 pub fn pid_gone(pid: u32) -> bool {

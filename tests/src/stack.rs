@@ -628,8 +628,14 @@ impl Stack {
             else {
                 continue;
             };
+            // The kernel appends " (deleted)" when the binary was rebuilt
+            // while the agent ran.
             let exe = fs::read_link(entry.path().join("exe")).ok();
-            if exe.as_deref() != Some(agent.as_path()) || process::pid_gone(pid) {
+            let exe = exe
+                .as_deref()
+                .and_then(Path::to_str)
+                .map(|path| path.trim_end_matches(" (deleted)").to_owned());
+            if exe.as_deref() != agent.to_str() || process::pid_gone(pid) {
                 continue;
             }
             let environ = fs::read(entry.path().join("environ")).unwrap_or_default();
