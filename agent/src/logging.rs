@@ -82,6 +82,11 @@ pub fn init_daemon(stderr: bool) -> anyhow::Result<PathBuf> {
         .with(stderr_layer)
         .try_init()
         .context("could not set up logging")?;
+    if let Some(setting) = setting.as_deref()
+        && let Err(error) = EnvFilter::try_new(directives(Some(setting), "info"))
+    {
+        tracing::warn!(%error, "{LOG_ENV}={setting:?} is not a valid filter; logging at info instead");
+    }
     Ok(path)
 }
 
