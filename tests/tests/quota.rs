@@ -137,3 +137,45 @@ fn block_applies_after_usage_grows() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn expiration_follows_quota_recheck() -> Result<()> {
+    // Credentials last 60 minutes, but the quota is re-checked after 30:
+    // the shim reports the re-check plus botocore's 15-minute refresh
+    // window, so SDKs come back for the re-check.
+    let stack = Stack::builder()
+        .login("olivia")
+        .backend()
+        .profile(
+            ProfileSpec::new("bedrock")
+                .quota()
+                .quota_recheck_minutes(30)
+                .session_duration_minutes(60),
+        )
+        .start()?;
+    stack.backend().admin_ok(&[
+        "quota",
+        "set-default",
+        "--monthly-limit",
+        "225M",
+        "--enforcement",
+        "block",
+    ])?;
+
+    let before = chrono::Utc::now();
+    let output = stack.shim("bedrock")?;
+    output.ensure_success("the shim")?;
+    let after = chrono::Utc::now();
+    let expiration = output.json()?["Expiration"]
+        .as_str()
+        .map(chrono::DateTime::parse_from_rfc3339)
+        .expect("an Expiration")?;
+
+    let earliest = before + chrono::Duration::minutes(45) - chrono::Duration::seconds(5);
+    let latest = after + chrono::Duration::minutes(45) + chrono::Duration::seconds(5);
+    assert!(
+        expiration >= earliest && expiration <= latest,
+        "Expiration {expiration} is not 45 minutes after the check ({before} to {after})"
+    );
+    Ok(())
+}
