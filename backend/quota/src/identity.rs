@@ -1,23 +1,72 @@
 //! User identities and group claims.
 //!
-//! An identity is an email address, trimmed and lower-cased, so
-//! `" Alice@Example.COM "` and `alice@example.com` are the same user. Group
-//! names are only trimmed: identity providers treat them as case-sensitive,
-//! so a group policy matches a claim exactly.
+//! An identity is the value of the server's identity claim, trimmed and
+//! lower-cased, so `" Alice@Example.COM "` and `alice@example.com` are the
+//! same user. When the claim is `email` (the default) the value must also
+//! look like an email address; any other claim (`sub`, `upn`, a custom
+//! claim) only needs to be non-empty text without whitespace or control
+//! characters, because providers put opaque ids such as `00u1ab2c3d` or
+//! `auth0|65f0c1` there. [`IdentityFormat`] names the two rules.
+//!
+//! Group names are only trimmed: identity providers treat them as
+//! case-sensitive, so a group policy matches a claim exactly.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// A normalised user identity (a trimmed, lower-cased email address).
+/// The longest identity accepted, in bytes. Provider ids and email
+/// addresses are far shorter; the cap keeps a hostile claim out of keys.
+pub const MAX_IDENTITY_BYTES: usize = 320;
+
+/// The claim whose values must be email addresses.
+pub const EMAIL_CLAIM: &str = "email";
+
+/// How an identity value is checked after trimming and lower-casing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IdentityFormat {
+    /// An email address: one `@`, a non-empty local part and a dotted
+    /// domain.
+    Email,
+    /// Any non-empty text without whitespace or control characters, such
+    /// as an OIDC `sub`.
+    Opaque,
+}
+
+impl IdentityFormat {
+    /// Returns the format of values of `claim`: [`IdentityFormat::Email`]
+    /// for `email`, [`IdentityFormat::Opaque`] for every other claim.
+    pub fn for_claim(claim: &str) -> Self {
+        if claim.trim() == EMAIL_CLAIM {
+            IdentityFormat::Email
+        } else {
+            IdentityFormat::Opaque
+        }
+    }
+}
+
+/// A normalised user identity: trimmed, lower-cased, non-empty, without
+/// whitespace or control characters, at most [`MAX_IDENTITY_BYTES`] long.
+/// An identity built with [`Identity::parse_email`] is also an email
+/// address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Identity(String);
 
 impl Identity {
-    /// Normalises and validates an email address.
+    /// Normalises an identity of any claim ([`IdentityFormat::Opaque`]).
     pub fn parse(text: &str) -> Result<Self, IdentityError> {
-        normalize_identity(text).map(Identity)
+        Self::parse_as(text, IdentityFormat::Opaque)
+    }
+
+    /// Normalises and validates an email address.
+    pub fn parse_email(text: &str) -> Result<Self, IdentityError> {
+        Self::parse_as(text, IdentityFormat::Email)
+    }
+
+    /// Normalises `text` and checks it against `format`.
+    pub fn parse_as(text: &str, format: IdentityFormat) -> Result<Self, IdentityError> {
+        normalize_identity_as(text, format).map(Identity)
     }
 
     pub fn as_str(&self) -> &str {
@@ -45,13 +94,24 @@ impl From<Identity> for String {
     }
 }
 
-/// An identity that is not an email address.
+/// An identity that does not satisfy its [`IdentityFormat`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid identity {value:?}: {problem}; use an email address such as alice@example.com")]
+#[error("invalid identity {value:?}: {problem}; {}", fix(*.format))]
 pub struct IdentityError {
     /// The text as given.
     pub value: String,
     pub problem: IdentityProblem,
+    /// The format the text was checked against.
+    pub format: IdentityFormat,
+}
+
+fn fix(format: IdentityFormat) -> &'static str {
+    match format {
+        IdentityFormat::Email => "use an email address such as alice@example.com",
+        IdentityFormat::Opaque => {
+            "use the user's identity claim value, such as alice@example.com or 00u1ab2c3d"
+        }
+    }
 }
 
 /// The reason an identity is invalid.
@@ -62,6 +122,8 @@ pub enum IdentityProblem {
     Empty,
     #[error("it contains whitespace or a control character")]
     InvalidCharacter,
+    #[error("it is longer than 320 bytes")]
+    TooLong,
     #[error("it needs exactly one @")]
     NotOneAt,
     #[error("the part before the @ is empty")]
@@ -70,26 +132,53 @@ pub enum IdentityProblem {
     InvalidDomain,
 }
 
-/// Trims, lower-cases and checks the shape of an email address: exactly one
-/// `@`, a non-empty local part, and a domain of non-empty dot-separated
-/// labels with at least one dot. No whitespace or control characters.
+/// Trims and lower-cases an identity of any claim and checks that it is
+/// non-empty, at most [`MAX_IDENTITY_BYTES`] long and free of whitespace
+/// and control characters.
 pub fn normalize_identity(text: &str) -> Result<String, IdentityError> {
+    normalize_identity_as(text, IdentityFormat::Opaque)
+}
+
+/// Trims, lower-cases and checks the shape of an email address: the checks
+/// of [`normalize_identity`], plus exactly one `@`, a non-empty local part,
+/// and a domain of non-empty dot-separated labels with at least one dot.
+pub fn normalize_email(text: &str) -> Result<String, IdentityError> {
+    normalize_identity_as(text, IdentityFormat::Email)
+}
+
+/// Normalises `text` and checks it against `format`.
+pub fn normalize_identity_as(text: &str, format: IdentityFormat) -> Result<String, IdentityError> {
     let normalized = text.trim().to_lowercase();
-    check_email_shape(&normalized)
+    let checked = check_opaque_shape(&normalized).and_then(|()| match format {
+        IdentityFormat::Email => check_email_shape(&normalized),
+        IdentityFormat::Opaque => Ok(()),
+    });
+    checked
         .map(|()| normalized)
         .map_err(|problem| IdentityError {
             value: text.to_owned(),
             problem,
+            format,
         })
 }
 
-fn check_email_shape(email: &str) -> Result<(), IdentityProblem> {
-    if email.is_empty() {
+fn check_opaque_shape(identity: &str) -> Result<(), IdentityProblem> {
+    if identity.is_empty() {
         return Err(IdentityProblem::Empty);
     }
-    if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if identity
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(IdentityProblem::InvalidCharacter);
     }
+    if identity.len() > MAX_IDENTITY_BYTES {
+        return Err(IdentityProblem::TooLong);
+    }
+    Ok(())
+}
+
+fn check_email_shape(email: &str) -> Result<(), IdentityProblem> {
     let mut parts = email.split('@');
     let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
         return Err(IdentityProblem::NotOneAt);
@@ -201,12 +290,52 @@ mod tests {
             ("\tcarol@example.co.uk\n", "carol@example.co.uk"),
         ];
         for (text, expected) in cases {
+            assert_eq!(normalize_email(text).as_deref(), Ok(*expected), "{text:?}");
             assert_eq!(
                 normalize_identity(text).as_deref(),
                 Ok(*expected),
                 "{text:?}"
             );
         }
+    }
+
+    #[test]
+    fn opaque_identities_need_no_at() {
+        let cases: &[(&str, &str)] = &[
+            ("00u1AB2c3D", "00u1ab2c3d"),
+            (" auth0|65F0c1 ", "auth0|65f0c1"),
+            ("alice", "alice"),
+            ("a@b@example.com", "a@b@example.com"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(
+                normalize_identity(text).as_deref(),
+                Ok(*expected),
+                "{text:?}"
+            );
+        }
+        let too_long = "a".repeat(MAX_IDENTITY_BYTES + 1);
+        let rejected: &[(&str, IdentityProblem)] = &[
+            ("", IdentityProblem::Empty),
+            (" \t ", IdentityProblem::Empty),
+            ("al ice", IdentityProblem::InvalidCharacter),
+            ("al\u{0}ice", IdentityProblem::InvalidCharacter),
+            (&too_long, IdentityProblem::TooLong),
+        ];
+        for (text, expected) in rejected {
+            let error = normalize_identity(text).expect_err(text);
+            assert_eq!(error.problem, *expected, "{text:?}");
+            assert_eq!(error.format, IdentityFormat::Opaque);
+        }
+    }
+
+    #[test]
+    fn claim_decides_format() {
+        assert_eq!(IdentityFormat::for_claim("email"), IdentityFormat::Email);
+        assert_eq!(IdentityFormat::for_claim("sub"), IdentityFormat::Opaque);
+        assert_eq!(IdentityFormat::for_claim("upn"), IdentityFormat::Opaque);
+        assert!(Identity::parse_as("00u1", IdentityFormat::for_claim("email")).is_err());
+        assert!(Identity::parse_as("00u1", IdentityFormat::for_claim("sub")).is_ok());
     }
 
     #[test]
@@ -227,14 +356,14 @@ mod tests {
             ("alice@exa\u{7}mple.com", IdentityProblem::InvalidCharacter),
         ];
         for (text, expected) in cases {
-            let error = normalize_identity(text).expect_err(text);
+            let error = normalize_email(text).expect_err(text);
             assert_eq!(error.problem, *expected, "{text:?}");
         }
     }
 
     #[test]
     fn identity_error_names_value_and_fix() {
-        let message = Identity::parse("alice").unwrap_err().to_string();
+        let message = Identity::parse_email("alice").unwrap_err().to_string();
         assert!(message.contains("\"alice\""), "{message}");
         assert!(message.contains("alice@example.com"), "{message}");
     }
@@ -243,7 +372,7 @@ mod tests {
     fn identity_deserializes_normalised() {
         let identity: Identity = serde_json::from_str("\" Alice@Example.com\"").unwrap();
         assert_eq!(identity.as_str(), "alice@example.com");
-        assert!(serde_json::from_str::<Identity>("\"nobody\"").is_err());
+        assert!(serde_json::from_str::<Identity>("\"no body\"").is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! # Rules
 //!
 //! - **Policies** ([`Policy`]) are of kind user (identifier: the normalised
-//!   email), group (the group name as the identity provider sends it) or
+//!   identity, see [`Identity`]), group (the group name as the identity provider sends it) or
 //!   default (`default`). Each has a monthly token limit, an optional daily
 //!   limit, an enforcement mode per limit (`alert` or `block`, honoured
 //!   independently), warning thresholds (default 80 % and 90 %), an enabled
@@ -53,7 +53,8 @@ pub use amount::{AmountError, TokenAmount, display_amount, format_amount, parse_
 pub use counting::{CountingConfig, CountingError, TokenType, TokenUsage, Weight};
 pub use decide::{CheckInput, Decision, decide, percent_of};
 pub use identity::{
-    GroupClaim, GroupClaimError, Identity, IdentityError, clean_group_names, normalize_identity,
+    EMAIL_CLAIM, GroupClaim, GroupClaimError, Identity, IdentityError, IdentityFormat,
+    clean_group_names, normalize_email, normalize_identity, normalize_identity_as,
     parse_group_claim,
 };
 pub use period::{Period, day_key, month_key, next_day_start, next_month_start};

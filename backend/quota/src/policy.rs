@@ -29,6 +29,11 @@ pub struct Policy {
     /// Counted tokens allowed per UTC day, if the policy limits days.
     #[serde(default)]
     pub daily_limit: Option<u64>,
+    /// The burst the daily limit was derived with from the monthly limit,
+    /// absent when the daily limit was set as an amount. While present, a
+    /// new monthly limit derives a new daily limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_burst: Option<BurstPercent>,
     pub monthly_enforcement: Enforcement,
     pub daily_enforcement: Enforcement,
     #[serde(default)]
@@ -55,6 +60,7 @@ impl Policy {
             identifier: normalize_identifier(kind, identifier)?,
             monthly_limit,
             daily_limit: None,
+            daily_burst: None,
             monthly_enforcement: Enforcement::Block,
             daily_enforcement: Enforcement::Alert,
             warning_thresholds: WarningThresholds::default(),
@@ -75,15 +81,35 @@ impl Policy {
             now,
         )
         .expect("the default identifier is valid for the default kind");
-        policy.daily_limit = Some(derive_daily_limit(
-            RECOMMENDED_MONTHLY_LIMIT,
-            BurstPercent::default(),
-        ));
+        policy.derive_daily(BurstPercent::default());
         policy
     }
 
-    /// Checks what serde cannot: a known kind and enforcement modes, and an
-    /// identifier in normal form for its kind.
+    /// Sets the daily limit to the one derived from the monthly limit with
+    /// `burst`, and records the burst so a new monthly limit re-derives it.
+    pub fn derive_daily(&mut self, burst: BurstPercent) {
+        self.daily_limit = Some(derive_daily_limit(self.monthly_limit, burst));
+        self.daily_burst = Some(burst);
+    }
+
+    /// Sets the daily limit to an amount (or none), which stops it from
+    /// following the monthly limit.
+    pub fn set_daily(&mut self, daily_limit: Option<u64>) {
+        self.daily_limit = daily_limit;
+        self.daily_burst = None;
+    }
+
+    /// Sets the monthly limit, re-deriving a derived daily limit.
+    pub fn set_monthly(&mut self, monthly_limit: u64) {
+        self.monthly_limit = monthly_limit;
+        if let Some(burst) = self.daily_burst {
+            self.derive_daily(burst);
+        }
+    }
+
+    /// Checks what serde cannot: a known kind and enforcement modes, an
+    /// identifier in normal form for its kind, a daily limit no higher than
+    /// the monthly one, and a derived daily limit that matches its burst.
     pub fn validate(&self) -> Result<(), PolicyError> {
         let normalized = normalize_identifier(self.kind, &self.identifier)?;
         if normalized != self.identifier {
@@ -95,6 +121,23 @@ impl Policy {
         for enforcement in [self.monthly_enforcement, self.daily_enforcement] {
             if !matches!(enforcement, Enforcement::Alert | Enforcement::Block) {
                 return Err(PolicyError::UnknownEnforcement(format!("{enforcement:?}")));
+            }
+        }
+        if let Some(daily) = self.daily_limit
+            && daily > self.monthly_limit
+        {
+            return Err(PolicyError::DailyAboveMonthly {
+                daily,
+                monthly: self.monthly_limit,
+            });
+        }
+        if let Some(burst) = self.daily_burst {
+            let derived = derive_daily_limit(self.monthly_limit, burst);
+            if self.daily_limit != Some(derived) {
+                return Err(PolicyError::DerivedDailyMismatch {
+                    burst: burst.percent(),
+                    expected: derived,
+                });
             }
         }
         Ok(())
@@ -126,8 +169,11 @@ impl Policy {
     }
 }
 
-/// Normalises a policy identifier for its kind: an email address for a user,
-/// a trimmed non-empty name for a group, `default` for the default policy.
+/// Normalises a policy identifier for its kind: a normalised identity
+/// ([`normalize_identity`]: trimmed, lower-cased, no whitespace) for a
+/// user, a trimmed non-empty name for a group, `default` for the default
+/// policy. Whether a user identifier must be an email address depends on
+/// the deployment's identity claim, so callers that know it check that.
 pub fn normalize_identifier(kind: PolicyKind, identifier: &str) -> Result<String, PolicyError> {
     match kind {
         PolicyKind::User => Ok(normalize_identity(identifier)?),
@@ -217,6 +263,17 @@ pub enum PolicyError {
     InvalidThreshold(String),
     #[error("invalid burst {0:?}; use a whole percentage from 5 to 25 (default 10)")]
     InvalidBurst(String),
+    #[error(
+        "the daily limit {} is above the monthly limit {}; lower the daily limit or raise the monthly limit",
+        crate::format_amount(*daily),
+        crate::format_amount(*monthly)
+    )]
+    DailyAboveMonthly { daily: u64, monthly: u64 },
+    #[error(
+        "the daily limit does not match the one derived with a {burst}% burst ({}); set the daily limit again",
+        crate::format_amount(*expected)
+    )]
+    DerivedDailyMismatch { burst: u8, expected: u64 },
 }
 
 /// Warning thresholds in percent of a limit: sorted, without duplicates,
@@ -406,9 +463,14 @@ mod tests {
     #[test]
     fn invalid_identifiers_are_rejected() {
         assert!(matches!(
-            normalize_identifier(PolicyKind::User, "alice"),
+            normalize_identifier(PolicyKind::User, "al ice"),
             Err(PolicyError::Identity(_))
         ));
+        assert_eq!(
+            normalize_identifier(PolicyKind::User, " 00U1ab "),
+            Ok("00u1ab".to_owned()),
+            "a user policy may name a non-email identity"
+        );
         assert_eq!(
             normalize_identifier(PolicyKind::Group, "  "),
             Err(PolicyError::EmptyGroupName)
@@ -448,6 +510,49 @@ mod tests {
         assert_eq!(policy.limit(Period::Daily), Some(8_250_000));
         assert_eq!(policy.enforcement(Period::Monthly), Enforcement::Block);
         assert_eq!(policy.enforcement(Period::Daily), Enforcement::Alert);
+    }
+
+    #[test]
+    fn derived_daily_follows_monthly() {
+        let mut policy = Policy::new(PolicyKind::User, "a@example.com", 300, now()).unwrap();
+        policy.derive_daily(BurstPercent::new(20).unwrap());
+        assert_eq!(policy.daily_limit, Some(12));
+        assert_eq!(policy.daily_burst, Some(BurstPercent::new(20).unwrap()));
+        policy.set_monthly(3000);
+        assert_eq!(policy.daily_limit, Some(120), "re-derived from 3000");
+        assert_eq!(policy.validate(), Ok(()));
+
+        policy.set_daily(Some(50));
+        assert_eq!(policy.daily_burst, None);
+        policy.set_monthly(6000);
+        assert_eq!(policy.daily_limit, Some(50), "an amount stays as set");
+    }
+
+    #[test]
+    fn validate_rejects_inconsistent_limits() {
+        let mut policy = Policy::new(PolicyKind::User, "a@example.com", 100, now()).unwrap();
+        policy.daily_limit = Some(101);
+        assert_eq!(
+            policy.validate(),
+            Err(PolicyError::DailyAboveMonthly {
+                daily: 101,
+                monthly: 100
+            })
+        );
+        policy.daily_limit = Some(100);
+        assert_eq!(
+            policy.validate(),
+            Ok(()),
+            "daily equal to monthly is allowed"
+        );
+        policy.daily_burst = Some(BurstPercent::default());
+        assert_eq!(
+            policy.validate(),
+            Err(PolicyError::DerivedDailyMismatch {
+                burst: 10,
+                expected: 3
+            })
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Keeps docs/quotas.md in step with the code: every example answer in it
-//! is rendered here from a real decision, and every row of its amount table
-//! is checked against the parser and formatter.
+//! Keeps docs/check-api.md and docs/quotas.md in step with the code: every
+//! example answer in docs/check-api.md is rendered here from a real
+//! decision, and every row of the amount table in docs/quotas.md is checked
+//! against the parser and formatter.
 //!
 //! After changing a message or the answer's shape, regenerate the examples
 //! with `TOLLGATE_UPDATE_DOCS=1 cargo test -p tollgate-quota --test doc_examples`.
@@ -15,6 +16,11 @@ use tollgate_quota::{
 
 fn doc_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/quotas.md")
+}
+
+/// The page with the example answers.
+fn api_doc_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/check-api.md")
 }
 
 fn at(text: &str) -> DateTime<Utc> {
@@ -58,7 +64,7 @@ fn contractors_policy() -> Policy {
     .expect("a valid group policy")
 }
 
-/// Builds one scenario per reason, in the order docs/quotas.md lists them.
+/// Builds one scenario per reason, in the order docs/check-api.md lists them.
 fn examples() -> Vec<Example> {
     let recommended = Policy::recommended_default(at("2025-01-01T00:00:00Z"));
     let no_cache_reads: CountingConfig = "input=1,output=1,cacheCreation=1"
@@ -192,7 +198,7 @@ fn block_range(doc: &str, marker: &str) -> Option<std::ops::Range<usize>> {
 
 #[test]
 fn doc_examples_match_code() {
-    let path = doc_path();
+    let path = api_doc_path();
     let mut doc = std::fs::read_to_string(&path)
         .unwrap_or_else(|error| panic!("reading {}: {error}", path.display()));
     let update = std::env::var_os("TOLLGATE_UPDATE_DOCS").is_some();
@@ -227,7 +233,7 @@ fn doc_examples_match_code() {
 
 #[test]
 fn doc_covers_every_reason() {
-    let doc = std::fs::read_to_string(doc_path()).expect("docs/quotas.md is readable");
+    let doc = std::fs::read_to_string(api_doc_path()).expect("docs/check-api.md is readable");
     let reasons = [
         Reason::WithinLimits,
         Reason::NoPolicy,
@@ -239,7 +245,7 @@ fn doc_covers_every_reason() {
     for reason in reasons {
         assert!(
             doc.contains(&marker(reason)),
-            "docs/quotas.md lacks {reason:?}"
+            "docs/check-api.md lacks {reason:?}"
         );
     }
 }

@@ -1,15 +1,17 @@
 //! The identity and groups a validated token carries.
 //!
 //! The identity is the configured claim (default `email`) normalised by
-//! [`tollgate_quota::normalize_identity`]: trimmed and lower-cased, so that
+//! [`tollgate_quota::Identity::parse_as`]: trimmed and lower-cased, so that
 //! `Ann@Example.com ` and `ann@example.com` share one policy and one usage
-//! counter, exactly as the admin CLI stores them. Groups come from each
+//! counter, exactly as the admin CLI stores them. Values of the `email`
+//! claim must look like email addresses; values of any other claim (such
+//! as `sub`) only need to be non-empty text without whitespace. Groups come from each
 //! configured group claim, in any form [`tollgate_quota::GroupClaim`]
 //! reads: a JSON list, a comma-separated string, or API Gateway's rendering
 //! of a list as `[a b]`.
 
 use serde_json::{Map, Value};
-use tollgate_quota::{GroupClaim, Identity, clean_group_names};
+use tollgate_quota::{GroupClaim, Identity, IdentityFormat, clean_group_names};
 
 use super::{AuthConfig, AuthError};
 
@@ -32,7 +34,7 @@ pub fn caller_from_claims(
         .get(claim)
         .and_then(Value::as_str)
         .ok_or_else(|| AuthError::MissingIdentity(claim.clone()))?;
-    let identity = Identity::parse(raw)
+    let identity = Identity::parse_as(raw, IdentityFormat::for_claim(claim))
         .map_err(|error| AuthError::InvalidIdentity(claim.clone(), error.problem.to_string()))?;
 
     let mut groups: Vec<String> = Vec::new();
@@ -117,6 +119,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(identity.identity.as_str(), "bob@corp.example");
+    }
+
+    #[test]
+    fn non_email_claim_needs_no_at() {
+        let mut config = config();
+        config.identity_claim = "sub".to_owned();
+        let caller = caller_from_claims(
+            &claims(json!({"email": "a@example.com", "sub": " 00U1AbC "})),
+            &config,
+        )
+        .unwrap();
+        assert_eq!(caller.identity.as_str(), "00u1abc");
+
+        let error = caller_from_claims(&claims(json!({"sub": "two words"})), &config).unwrap_err();
+        assert_eq!(error.code(), "invalid_identity");
     }
 
     #[test]

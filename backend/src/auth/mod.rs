@@ -115,8 +115,9 @@ pub enum AuthError {
     )]
     MissingIdentity(String),
     #[error(
-        "the token's {0:?} claim is not a usable identity: {1}; identities must be email \
-         addresses, so choose an email claim with --identity-claim"
+        "the token's {0:?} claim is not a usable identity: {1}; the email claim must hold an \
+         email address and any other claim non-empty text without whitespace, so fix the \
+         issuer's claim or choose another one with --identity-claim"
     )]
     InvalidIdentity(String, String),
     #[error("{0}")]

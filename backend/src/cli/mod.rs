@@ -1,13 +1,18 @@
 //! The `tollgate` command line: `serve`, the `quota` admin commands and the
 //! `usage record` correction tool.
 //!
+//! Read commands print a table for people and JSON with `--json` for
+//! scripts.
+//!
 //! Exit codes: 0 on success, 1 for a user error (bad arguments or values,
 //! which change nothing), 2 for anything unexpected (a store or network
 //! failure).
 
+mod identity;
 mod output;
 mod quota;
 mod serve;
+mod table;
 mod usage;
 
 use std::io::IsTerminal as _;
@@ -78,6 +83,41 @@ impl StoreArgs {
             }),
         }
     }
+}
+
+/// The deployment settings that the admin commands share with `tollgate
+/// serve`, read from the same environment variables, so that the CLI
+/// checks identities and counts tokens as the server does.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeploymentArgs {
+    /// The token claim the server identifies users by. With `email` (the
+    /// default) user identities must be email addresses; with any other
+    /// claim, such as `sub`, any text without whitespace is accepted, and
+    /// input containing an @ must still be a valid email address.
+    #[arg(
+        long,
+        env = "TOLLGATE_IDENTITY_CLAIM",
+        default_value = "email",
+        value_name = "CLAIM"
+    )]
+    pub identity_claim: String,
+
+    /// The token types that count toward limits, with weights, as
+    /// TYPE=WEIGHT pairs such as input=1,output=1,cacheRead=0.1; a type
+    /// left out does not count.
+    #[arg(
+        long,
+        env = "TOLLGATE_COUNTED_TYPES",
+        default_value = "input=1,output=1,cacheRead=1,cacheCreation=1",
+        value_name = "WEIGHTS",
+        value_parser = parse_counting
+    )]
+    pub counted_types: tollgate_quota::CountingConfig,
+}
+
+fn parse_counting(text: &str) -> Result<tollgate_quota::CountingConfig, String> {
+    text.parse()
+        .map_err(|error: tollgate_quota::CountingError| error.to_string())
 }
 
 /// `<data dir>/tollgate/tollgate.db`, the store file `serve` and the admin

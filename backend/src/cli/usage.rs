@@ -5,10 +5,10 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use tollgate_quota::{TokenType, display_amount, normalize_identity, parse_amount};
+use tollgate_quota::{TokenType, display_amount, parse_amount};
 
 use super::quota::local_user;
-use super::{StoreArgs, output, user_error};
+use super::{DeploymentArgs, StoreArgs, identity, output, user_error};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{AuditEntry, Store, StoreError, UsageEvent};
 
@@ -17,7 +17,8 @@ pub enum UsageCommand {
     /// Add tokens to a user's usage by hand (an admin correction, written to
     /// the audit log).
     Record {
-        /// The user's email address.
+        /// The user's identity: their email address, or the value of the
+        /// server's --identity-claim.
         email: String,
         /// How many tokens to add, such as 1500 or 2.5M.
         #[arg(long, value_name = "AMOUNT", value_parser = parse_tokens, allow_negative_numbers = true)]
@@ -33,6 +34,8 @@ pub enum UsageCommand {
         #[arg(long, default_value = "manual correction")]
         reason: String,
         #[command(flatten)]
+        deployment: DeploymentArgs,
+        #[command(flatten)]
         store: StoreArgs,
     },
 }
@@ -46,7 +49,7 @@ fn parse_token_type(text: &str) -> Result<TokenType, String> {
         .map_err(|error: tollgate_quota::CountingError| error.to_string())
 }
 
-fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(text)
         .map(|at| at.with_timezone(&Utc))
         .map_err(|error| {
@@ -61,9 +64,12 @@ pub async fn run(command: UsageCommand) -> anyhow::Result<()> {
         token_type,
         at,
         reason,
+        deployment,
         store,
     } = command;
-    let user = normalize_identity(&email).map_err(|error| user_error(error.to_string()))?;
+    let user = identity::parse_user(&email, &deployment)
+        .map_err(user_error)?
+        .to_string();
     let at = at.unwrap_or_else(Utc::now);
     let store = SqliteStore::open(&store.path()?)?;
 

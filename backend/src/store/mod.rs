@@ -110,6 +110,15 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
+/// One change of a batch applied by [`Store::apply_policy_changes`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum PolicyChange {
+    /// Insert or replace the policy with the same key.
+    Put(Policy),
+    /// Delete the policy with this key, if it exists.
+    Delete(PolicyKey),
+}
+
 /// Persistent state of the quota backend.
 ///
 /// Implementations must be safe to share between request handlers. Every
@@ -162,4 +171,14 @@ pub trait Store: Send + Sync {
 
     /// Returns up to `limit` audit entries, newest first.
     async fn read_audit(&self, limit: usize) -> StoreResult<Vec<AuditEntry>>;
+
+    /// Applies `changes` in order and appends `audit`, all in one
+    /// transaction: either every change and entry is stored or none is.
+    /// The admin CLI's import and delete use it so that a failure half-way
+    /// leaves the policies as they were.
+    async fn apply_policy_changes(
+        &self,
+        changes: &[PolicyChange],
+        audit: &[AuditEntry],
+    ) -> StoreResult<()>;
 }

@@ -15,7 +15,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tollgate_quota::{Identity, Period, Policy, TokenType, TokenUsage, UnblockGrant};
 
-use super::{AuditEntry, PolicyKey, Store, StoreError, StoreResult, UsageEvent, UsageTotals};
+use super::{
+    AuditEntry, PolicyChange, PolicyKey, Store, StoreError, StoreResult, UsageEvent, UsageTotals,
+};
 
 /// How long a statement waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -618,6 +620,63 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn apply_policy_changes(
+        &self,
+        changes: &[PolicyChange],
+        audit: &[AuditEntry],
+    ) -> StoreResult<()> {
+        let mut rows = Vec::with_capacity(changes.len());
+        for change in changes {
+            rows.push(match change {
+                PolicyChange::Put(policy) => {
+                    let key = PolicyKey::of(policy);
+                    policy.validate().map_err(|error| {
+                        StoreError::InvalidInput(format!("cannot store the policy {key}: {error}"))
+                    })?;
+                    let body = serde_json::to_string(policy).map_err(|error| {
+                        StoreError::InvalidInput(format!("cannot encode the policy {key}: {error}"))
+                    })?;
+                    (key.kind_name(), key.identifier, Some(body))
+                }
+                PolicyChange::Delete(key) => (key.kind_name(), key.identifier.clone(), None),
+            });
+        }
+        let audit = audit.to_vec();
+        let now = timestamp(Utc::now());
+        self.run("applying policy changes", move |connection| {
+            let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (kind, id, body) in &rows {
+                match body {
+                    Some(body) => transaction.execute(
+                        "INSERT INTO policies (kind, id, body, updated_at) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body,
+                             updated_at = excluded.updated_at",
+                        params![kind, id, body, now],
+                    )?,
+                    None => transaction.execute(
+                        "DELETE FROM policies WHERE kind = ?1 AND id = ?2",
+                        params![kind, id],
+                    )?,
+                };
+            }
+            for entry in &audit {
+                transaction.execute(
+                    "INSERT INTO audit_log (at, actor, action, target, detail)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        timestamp(entry.at),
+                        entry.actor,
+                        entry.action,
+                        entry.target,
+                        entry.detail.to_string()
+                    ],
+                )?;
+            }
+            transaction.commit()
+        })
+        .await
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::json;
 use tollgate_protocol::check::{Enforcement, PolicyKind};
 use tollgate_quota::{Identity, Policy, TokenType, TokenUsage, UnblockGrant};
 
-use super::{AuditEntry, PolicyKey, Store, UsageEvent};
+use super::{AuditEntry, PolicyChange, PolicyKey, Store, UsageEvent};
 
 /// Runs every case against `store`, which must start empty.
 pub async fn run_all(store: Arc<dyn Store>) {
@@ -26,6 +26,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     concurrent_usage_adds_are_not_lost(Arc::clone(&store)).await;
     unblocks_round_trip(store.as_ref()).await;
     audit_log_reads_newest_first(store.as_ref()).await;
+    policy_changes_apply_together(store.as_ref()).await;
 }
 
 fn at(text: &str) -> DateTime<Utc> {
@@ -121,6 +122,7 @@ pub async fn policies_round_trip(store: &dyn Store) {
 
     let mut changed = user.clone();
     changed.monthly_limit = 1_000;
+    changed.daily_limit = Some(500);
     changed.enabled = false;
     changed.monthly_enforcement = Enforcement::Alert;
     store.put_policy(&changed).await.expect("replace policy");
@@ -530,4 +532,86 @@ pub async fn audit_log_reads_newest_first(store: &dyn Store) {
         at("2026-09-09T09:02:00Z"),
         "audit time round trip"
     );
+}
+
+/// Checks that a batch of policy changes applies puts and deletes in order
+/// with its audit entries, and that a batch with an invalid policy stores
+/// nothing at all.
+pub async fn policy_changes_apply_together(store: &dyn Store) {
+    let first = policy(PolicyKind::Group, "batch-one", 1_000);
+    let second = policy(PolicyKind::Group, "batch-two", 2_000);
+    let audit = |target: &str| AuditEntry {
+        at: at("2026-10-10T10:00:00Z"),
+        actor: "importer".to_owned(),
+        action: "policy.import".to_owned(),
+        target: target.to_owned(),
+        detail: json!({}),
+    };
+    store
+        .apply_policy_changes(
+            &[
+                PolicyChange::Put(first.clone()),
+                PolicyChange::Put(second.clone()),
+                PolicyChange::Delete(PolicyKey::of(&first)),
+            ],
+            &[audit("group:batch-one"), audit("group:batch-two")],
+        )
+        .await
+        .expect("apply a batch");
+    assert!(
+        store
+            .policy(&PolicyKey::of(&first))
+            .await
+            .expect("get")
+            .is_none(),
+        "batch: a later delete removes an earlier put"
+    );
+    assert_eq!(
+        store.policy(&PolicyKey::of(&second)).await.expect("get"),
+        Some(second.clone()),
+        "batch: put stored"
+    );
+    let entries = store.read_audit(2).await.expect("read audit");
+    let targets: Vec<&str> = entries.iter().map(|entry| entry.target.as_str()).collect();
+    assert_eq!(
+        targets,
+        ["group:batch-two", "group:batch-one"],
+        "batch: audit entries appended in order"
+    );
+
+    let mut invalid = policy(PolicyKind::Group, "batch-three", 10);
+    invalid.daily_limit = Some(11);
+    let result = store
+        .apply_policy_changes(
+            &[
+                PolicyChange::Delete(PolicyKey::of(&second)),
+                PolicyChange::Put(invalid.clone()),
+            ],
+            &[audit("group:batch-three")],
+        )
+        .await;
+    assert!(result.is_err(), "batch: an invalid policy fails the batch");
+    assert_eq!(
+        store.policy(&PolicyKey::of(&second)).await.expect("get"),
+        Some(second.clone()),
+        "batch: a failed batch deletes nothing"
+    );
+    assert!(
+        store
+            .policy(&PolicyKey::of(&invalid))
+            .await
+            .expect("get")
+            .is_none(),
+        "batch: a failed batch stores nothing"
+    );
+    assert_eq!(
+        store.read_audit(1).await.expect("read audit")[0].target,
+        "group:batch-two",
+        "batch: a failed batch appends no audit entry"
+    );
+
+    store
+        .apply_policy_changes(&[PolicyChange::Delete(PolicyKey::of(&second))], &[])
+        .await
+        .expect("clean up");
 }

@@ -29,7 +29,9 @@ use tokio::sync::oneshot;
 use tollgate_backend::auth::{AuthConfig, TokenValidator};
 use tollgate_backend::server::{self, AppState};
 use tollgate_backend::store::sqlite::SqliteStore;
-use tollgate_backend::store::{AuditEntry, PolicyKey, Store, StoreResult, UsageEvent, UsageTotals};
+use tollgate_backend::store::{
+    AuditEntry, PolicyChange, PolicyKey, Store, StoreResult, UsageEvent, UsageTotals,
+};
 use tollgate_quota::{CountingConfig, Policy, UnblockGrant};
 
 pub const AUDIENCE: &str = "tollgate-cli";
@@ -295,6 +297,14 @@ impl Store for CountingStore {
         self.count();
         self.inner.read_audit(limit).await
     }
+    async fn apply_policy_changes(
+        &self,
+        changes: &[PolicyChange],
+        audit: &[AuditEntry],
+    ) -> StoreResult<()> {
+        self.count();
+        self.inner.apply_policy_changes(changes, audit).await
+    }
 }
 
 /// The backend served on 127.0.0.1 against a counting SQLite store.
@@ -324,6 +334,13 @@ impl Backend {
         let folder = tempfile::tempdir().expect("a temporary folder");
         let auth = AuthConfig::new(issuer, AUDIENCE);
         Self::start_inner(auth, CountingConfig::default(), path, folder).await
+    }
+
+    /// Starts the backend with the given settings on the existing store
+    /// file `path`.
+    pub async fn start_on_with(auth: AuthConfig, counting: CountingConfig, path: &Path) -> Self {
+        let folder = tempfile::tempdir().expect("a temporary folder");
+        Self::start_inner(auth, counting, path, folder).await
     }
 
     async fn start_inner(

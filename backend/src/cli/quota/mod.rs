@@ -1,0 +1,277 @@
+//! `tollgate quota`: the administrator's commands for quota policies,
+//! usage, unblocks and the audit log.
+//!
+//! Every value is checked before the store is opened, and every change is
+//! written together with its audit log entry, so a rejected command changes
+//! nothing and an accepted one is always audited.
+
+mod audit;
+mod delete;
+mod settings;
+mod show;
+mod transfer;
+mod unblock;
+
+use std::path::PathBuf;
+
+use chrono::Utc;
+use serde_json::json;
+use tollgate_protocol::check::PolicyKind;
+use tollgate_quota::policy::{enforcement_name, normalize_identifier, policy_kind_name};
+use tollgate_quota::{DEFAULT_IDENTIFIER, Policy, format_amount, parse_policy_kind};
+
+use super::{DeploymentArgs, StoreArgs, identity, output, table, user_error};
+use crate::server::NO_POLICY_WARNING;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{AuditEntry, PolicyChange, PolicyKey, Store};
+
+pub use settings::PolicySettings;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum QuotaCommand {
+    /// Create or change the policy of one user.
+    SetUser {
+        /// The user's identity: their email address, or the value of the
+        /// server's --identity-claim.
+        email: String,
+        #[command(flatten)]
+        settings: PolicySettings,
+        #[command(flatten)]
+        deployment: DeploymentArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Create or change the policy of a group (as named in the group claim).
+    SetGroup {
+        /// The group name, exactly as the identity provider sends it.
+        group: String,
+        #[command(flatten)]
+        settings: PolicySettings,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Create or change the default policy, which applies to users without
+    /// an enabled user or group policy.
+    SetDefault {
+        #[command(flatten)]
+        settings: PolicySettings,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List policies.
+    List {
+        /// Only policies of this kind: user, group or default.
+        #[arg(long = "type", value_name = "KIND", value_parser = parse_kind_arg)]
+        kind: Option<PolicyKind>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Show which policy applies to a user, and why, with their usage and
+    /// the decision a check would return now.
+    Show(show::ShowArgs),
+    /// Show a user's usage today and this month, by token type.
+    Usage(show::UsageArgs),
+    /// Delete a policy.
+    Delete(delete::DeleteArgs),
+    /// Let a blocked user continue for a while, or end such an unblock.
+    Unblock(unblock::UnblockArgs),
+    /// Write policies to a JSON or CSV file.
+    Export(transfer::ExportArgs),
+    /// Create or update policies from a JSON or CSV file, all or nothing.
+    Import(transfer::ImportArgs),
+    /// Show the audit log of policy and unblock changes, newest first.
+    Audit(audit::AuditArgs),
+}
+
+pub fn parse_kind_arg(text: &str) -> Result<PolicyKind, String> {
+    parse_policy_kind(text).map_err(|error| error.to_string())
+}
+
+pub async fn run(command: QuotaCommand) -> anyhow::Result<()> {
+    match command {
+        QuotaCommand::SetUser {
+            email,
+            settings,
+            deployment,
+            store,
+        } => {
+            let user = identity::parse_user(&email, &deployment).map_err(user_error)?;
+            set_policy(PolicyKind::User, user.as_str(), &settings, &store).await
+        }
+        QuotaCommand::SetGroup {
+            group,
+            settings,
+            store,
+        } => set_policy(PolicyKind::Group, &group, &settings, &store).await,
+        QuotaCommand::SetDefault { settings, store } => {
+            set_policy(PolicyKind::Default, DEFAULT_IDENTIFIER, &settings, &store).await
+        }
+        QuotaCommand::List { kind, json, store } => list(kind, json, &store).await,
+        QuotaCommand::Show(args) => show::show(args).await,
+        QuotaCommand::Usage(args) => show::usage(args).await,
+        QuotaCommand::Delete(args) => delete::run(args).await,
+        QuotaCommand::Unblock(args) => unblock::run(args).await,
+        QuotaCommand::Export(args) => transfer::export(args).await,
+        QuotaCommand::Import(args) => transfer::import(args).await,
+        QuotaCommand::Audit(args) => audit::run(args).await,
+    }
+}
+
+/// Opens the store file named by `--db`, `TOLLGATE_DB` or the default.
+pub(super) fn open_store(args: &StoreArgs) -> anyhow::Result<(SqliteStore, PathBuf)> {
+    let path = args.path()?;
+    let store = SqliteStore::open(&path)?;
+    Ok((store, path))
+}
+
+/// Builds an audit entry for a change made now by the local user.
+pub(super) fn audit_entry(action: &str, target: String, detail: serde_json::Value) -> AuditEntry {
+    AuditEntry {
+        at: Utc::now(),
+        actor: local_user(),
+        action: action.to_owned(),
+        target,
+        detail,
+    }
+}
+
+async fn set_policy(
+    kind: PolicyKind,
+    identifier: &str,
+    settings: &PolicySettings,
+    store_args: &StoreArgs,
+) -> anyhow::Result<()> {
+    // Check the identifier before the store file is opened (or created).
+    let identifier =
+        normalize_identifier(kind, identifier).map_err(|error| user_error(error.to_string()))?;
+    let key = PolicyKey::new(kind, identifier.clone());
+    let path = store_args.path()?;
+    // Settings that fail on their own, such as --burst without
+    // --auto-daily, are reported before the store file is created.
+    if !path.exists() {
+        settings.apply(None, kind, &identifier, Utc::now())?;
+    }
+    let store = SqliteStore::open(&path)?;
+
+    let existing = store.policy(&key).await?;
+    let policy = settings.apply(existing.as_ref(), kind, &identifier, Utc::now())?;
+    let (action, verb) = match existing {
+        None => ("policy.create", "Created"),
+        Some(_) => ("policy.update", "Updated"),
+    };
+    let entry = audit_entry(
+        action,
+        key.to_string(),
+        json!({ "before": existing, "after": policy }),
+    );
+    store
+        .apply_policy_changes(&[PolicyChange::Put(policy.clone())], &[entry])
+        .await?;
+
+    output::line(&format!(
+        "{verb} the {}: {}",
+        describe_key(&key),
+        settings::describe_limits(&policy)
+    ));
+    Ok(())
+}
+
+async fn list(
+    kind: Option<PolicyKind>,
+    as_json: bool,
+    store_args: &StoreArgs,
+) -> anyhow::Result<()> {
+    let (store, _) = open_store(store_args)?;
+    let all = store.list_policies().await?;
+    let policies: Vec<&Policy> = all
+        .iter()
+        .filter(|policy| kind.is_none_or(|kind| policy.kind == kind))
+        .collect();
+    if as_json {
+        output::json(&policies)?;
+    } else if policies.is_empty() {
+        output::line(match kind {
+            Some(kind) => match kind {
+                PolicyKind::User => "No user policies.",
+                PolicyKind::Group => "No group policies.",
+                _ => "No default policy.",
+            },
+            None => "No policies.",
+        });
+    } else {
+        output::line(&policy_table(&policies));
+    }
+    if let Some(warning) = coverage_warning(&all) {
+        output::warning(&warning);
+    }
+    Ok(())
+}
+
+/// Returns the warning to show when some users are not limited: no policy
+/// at all, or no enabled default policy.
+pub(super) fn coverage_warning(policies: &[Policy]) -> Option<String> {
+    if policies.is_empty() {
+        return Some(NO_POLICY_WARNING.to_owned());
+    }
+    let default_enabled = policies
+        .iter()
+        .any(|policy| policy.kind == PolicyKind::Default && policy.enabled);
+    (!default_enabled).then(|| {
+        "no enabled default policy exists, so users without an enabled user or group policy \
+         are not limited; create one with `tollgate quota set-default --monthly-limit 225M`"
+            .to_owned()
+    })
+}
+
+/// Renders policies as an aligned table.
+fn policy_table(policies: &[&Policy]) -> String {
+    let header = [
+        "KIND",
+        "ID",
+        "MONTHLY",
+        "ENFORCEMENT",
+        "DAILY",
+        "DAILY ENFORCEMENT",
+        "WARNINGS",
+        "ENABLED",
+    ];
+    let rows: Vec<Vec<String>> = policies
+        .iter()
+        .map(|policy| {
+            vec![
+                policy_kind_name(policy.kind).to_owned(),
+                policy.identifier.clone(),
+                format_amount(policy.monthly_limit),
+                enforcement_name(policy.monthly_enforcement).to_owned(),
+                settings::daily_text(policy),
+                if policy.daily_limit.is_some() {
+                    enforcement_name(policy.daily_enforcement).to_owned()
+                } else {
+                    "-".to_owned()
+                },
+                settings::thresholds_text(&policy.warning_thresholds),
+                if policy.enabled { "yes" } else { "no" }.to_owned(),
+            ]
+        })
+        .collect();
+    table::render(&header, &rows)
+}
+
+/// `default policy`, `user policy for ann@example.com`.
+pub(super) fn describe_key(key: &PolicyKey) -> String {
+    match key.kind {
+        PolicyKind::Default => "default policy".to_owned(),
+        _ => format!("{} policy for {}", key.kind_name(), key.identifier),
+    }
+}
+
+/// Returns the local user name recorded as the actor of audit entries.
+pub(crate) fn local_user() -> String {
+    ["USER", "USERNAME", "LOGNAME"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
