@@ -42,7 +42,7 @@ impl CallbackListener {
             cause,
             config: config_path.display().to_string(),
         };
-        let listener = listen_loopback(port).map_err(|error| busy(error.to_string()))?;
+        let listener = listen_loopback_retrying(port).map_err(|error| busy(error.to_string()))?;
         let server = tiny_http::Server::from_listener(listener, None)
             .map_err(|error| busy(error.to_string()))?;
         tracing::debug!(port, "bound the login callback listener");
@@ -116,6 +116,27 @@ impl CallbackListener {
         })
         .await
         .map_err(|error| LoginError::Failed(format!("the callback task failed: {error}")))?
+    }
+}
+
+/// How long [`listen_loopback_retrying`] keeps trying a port that is in use.
+const BIND_RETRY_WINDOW: Duration = Duration::from_millis(1500);
+
+/// Listens on `127.0.0.1:port`, retrying briefly while the port is in use.
+/// A dropped `tiny_http::Server` closes its listening socket from its accept
+/// thread a moment after the drop, so a login right after another one can
+/// find the port still taken by the previous, already finished listener.
+fn listen_loopback_retrying(port: u16) -> std::io::Result<std::net::TcpListener> {
+    let deadline = Instant::now() + BIND_RETRY_WINDOW;
+    loop {
+        match listen_loopback(port) {
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            result => return result,
+        }
     }
 }
 
