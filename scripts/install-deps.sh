@@ -24,7 +24,7 @@ log() { printf 'install-deps: %s\n' "$*" >&2; }
 apt_packages=(
   gnome-keyring dbus dbus-x11 libsecret-tools keyutils
   libnotify-bin dunst xvfb chromium hyperfine
-  nodejs npm python3-minimal python3-venv util-linux
+  nodejs npm python3-minimal python3-venv util-linux curl
 )
 
 install_apt_packages() {
