@@ -128,7 +128,7 @@ fn spawn(dir: &Path, db: &Path, options: &BackendOptions) -> Result<(Service, St
     let address = wait_for("the backend's port file", START_TIMEOUT, || {
         service.ensure_running()?;
         let text = std::fs::read_to_string(&port_file).unwrap_or_default();
-        // The file is complete once it holds a whole `host:port`.
+        // The file is complete once it contains a whole `host:port`.
         Ok(text
             .trim()
             .rsplit_once(':')

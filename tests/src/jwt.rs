@@ -70,7 +70,8 @@ impl SigningKey {
         )
     }
 
-    /// Signs `claims` under `header` as given, whatever its `alg` says.
+    /// Signs `claims` with RS256 under `header` as given, whatever its `alg`
+/// field names.
     pub fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
         let signing_input = format!("{}.{}", encode_part(header), encode_part(claims));
         let mut signature = vec![0; self.key_pair.public_modulus_len()];

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-/// The environment variable naming the folder that holds the workspace
+/// The environment variable naming the folder that contains the workspace
 /// binaries (`tollgate`, `tollgate-agent`, `tollgate-credential-process`).
 pub const BIN_DIR_ENV: &str = "TOLLGATE_BIN_DIR";
 
@@ -101,8 +101,8 @@ pub fn venv_program(name: &str) -> Result<PathBuf> {
 ///
 /// NOTE: another process can take the port between this call and its use.
 /// Callers that can bind port 0 themselves (the backend, the OIDC provider)
-/// do so instead; this is for ports that must be known before a server
-/// starts, such as the agent's callback port.
+/// do so instead. This function is for ports that must be known before a
+/// server starts, such as the agent's callback port.
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .context("failed to bind 127.0.0.1:0 to find a free port")?;

@@ -1,4 +1,4 @@
-//! `moto_server`, the AWS emulator that stands in for STS.
+//! `moto_server`, the AWS emulator that replaces STS in the tests.
 //!
 //! moto accepts any web-identity token and any role ARN, and the
 //! assumed-role ARN it returns ends in the RoleSessionName that was sent.
@@ -13,7 +13,7 @@ use crate::http;
 use crate::locate::{free_port, venv_program};
 use crate::process::{Service, wait_for};
 
-/// How long moto_server may take to answer. It starts in under 4 seconds
+/// How long moto_server may take to respond. It starts in under 4 seconds
 /// here when idle; the margin covers a loaded CI machine.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -29,7 +29,7 @@ pub struct Moto {
 
 impl Moto {
     /// Starts moto_server on a free port of 127.0.0.1, logging to
-    /// `<log_dir>/moto.log`, and waits until it answers.
+    /// `<log_dir>/moto.log`, and waits until it responds.
     pub fn start(log_dir: &Path) -> Result<Self> {
         let program = venv_program("moto_server")?;
         let mut last_error = None;
@@ -49,7 +49,7 @@ impl Moto {
         let mut service = Service::spawn("moto", command, log_dir)?;
         let url = format!("http://127.0.0.1:{port}");
         let probe = format!("{url}/moto-api/");
-        wait_for("moto_server to answer", START_TIMEOUT, || {
+        wait_for("moto_server to respond", START_TIMEOUT, || {
             service.ensure_running()?;
             Ok(http::get(&probe, &[])
                 .ok()

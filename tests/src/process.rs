@@ -71,13 +71,13 @@ impl Service {
         let stdout = child.stdout.take().expect("stdout was configured as piped");
 
         let (sender, receiver) = mpsc::channel();
-        let wanted = prefix.to_owned();
+        let expected_prefix = prefix.to_owned();
         thread::spawn(move || {
             let mut sender = Some(sender);
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let _ = writeln!(stdout_log, "{line}");
-                if let Some(rest) = line.strip_prefix(&wanted)
+                if let Some(rest) = line.strip_prefix(&expected_prefix)
                     && let Some(sender) = sender.take()
                 {
                     let _ = sender.send(rest.to_owned());
