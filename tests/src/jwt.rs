@@ -71,7 +71,7 @@ impl SigningKey {
     }
 
     /// Signs `claims` with RS256 under `header` as given, whatever its `alg`
-/// field names.
+    /// field names.
     pub fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
         let signing_input = format!("{}.{}", encode_part(header), encode_part(claims));
         let mut signature = vec![0; self.key_pair.public_modulus_len()];
