@@ -1,5 +1,6 @@
-//! `tollgate serve`: opens the store, prepares token validation and runs
-//! the HTTP API until SIGINT or SIGTERM.
+//! `tollgate serve`: opens the store, prepares token validation, starts
+//! the alert webhook sender when configured, and runs the HTTP API until
+//! SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,9 +10,13 @@ use anyhow::Context as _;
 use tollgate_quota::CountingConfig;
 
 use super::{StoreArgs, user_error};
+use crate::alerts::deliver::{WebhookSender, WebhookSettings};
 use crate::auth::{AuthConfig, TokenValidator};
+use crate::ingest::{IngestSettings, TypeMapping};
 use crate::server::{self, AppState};
+use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
+use tokio::sync::Notify;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -56,6 +61,32 @@ pub struct ServeArgs {
     /// A file that receives the bound host:port once the server listens.
     #[arg(long, value_name = "PATH")]
     port_file: Option<PathBuf>,
+
+    /// A URL that receives each quota alert as a JSON POST with a
+    /// Slack-compatible `text` field; without it alerts go to the log only.
+    #[arg(long, env = "TOLLGATE_ALERT_WEBHOOK", value_name = "URL")]
+    alert_webhook: Option<String>,
+
+    /// The largest POST /v1/metrics body in bytes, before and after gzip
+    /// decompression.
+    #[arg(
+        long,
+        env = "TOLLGATE_MAX_METRICS_BYTES",
+        value_name = "BYTES",
+        default_value_t = crate::ingest::DEFAULT_MAX_BODY_BYTES
+    )]
+    max_metrics_bytes: usize,
+
+    /// Extra values of the metric's `type` attribute to count, as
+    /// NAME=TYPE pairs such as cacheCreation1h=cacheCreation; other
+    /// unknown types are kept per model but not counted.
+    #[arg(
+        long,
+        env = "TOLLGATE_COUNT_TYPE_ALIASES",
+        value_name = "NAME=TYPE,...",
+        default_value = ""
+    )]
+    count_type_aliases: String,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -65,6 +96,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.counted_types
         ))
     })?;
+    let types = TypeMapping::parse(&args.count_type_aliases).map_err(|error| {
+        user_error(format!(
+            "invalid --count-type-aliases {:?}: {error}",
+            args.count_type_aliases
+        ))
+    })?;
+    if args.max_metrics_bytes < 1024 {
+        return Err(user_error(format!(
+            "invalid --max-metrics-bytes {}: use at least 1024 bytes",
+            args.max_metrics_bytes
+        )));
+    }
+    let webhook = parse_webhook(args.alert_webhook.as_deref())?;
     let issuer = args.issuer.trim().to_owned();
     if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
         return Err(user_error(format!(
@@ -103,11 +147,51 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
+    let store: Arc<dyn Store> = Arc::new(store);
+    let mut ingest = IngestSettings {
+        max_body_bytes: args.max_metrics_bytes,
+        types,
+        alert_wake: None,
+    };
+    if let Some(url) = webhook {
+        let wake = Arc::new(Notify::new());
+        let sender = WebhookSender::new(
+            Arc::clone(&store),
+            WebhookSettings::new(url),
+            Arc::clone(&wake),
+        )
+        .context("cannot build the HTTP client for the alert webhook")?;
+        tokio::spawn(sender.run());
+        ingest.alert_wake = Some(wake);
+    } else {
+        tracing::info!("no --alert-webhook: quota alerts go to the log only");
+    }
+
     let state = AppState {
         validator: Arc::new(validator),
-        store: Arc::new(store),
+        store,
         counting: Arc::new(counting),
     };
     let listener = server::bind(args.listen, args.port_file.as_deref()).await?;
-    server::serve(listener, server::router(state), server::shutdown_signal()).await
+    let app = server::router_with_ingest(state, ingest);
+    server::serve(listener, app, server::shutdown_signal()).await
+}
+
+/// Parses --alert-webhook: an http or https URL.
+fn parse_webhook(text: Option<&str>) -> anyhow::Result<Option<reqwest::Url>> {
+    let Some(text) = text.map(str::trim).filter(|text| !text.is_empty()) else {
+        return Ok(None);
+    };
+    let url: reqwest::Url = text.parse().map_err(|error| {
+        user_error(format!(
+            "invalid --alert-webhook: {error}; use an http or https URL such as \
+             https://hooks.slack.com/services/..."
+        ))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(user_error(
+            "invalid --alert-webhook: use an http or https URL with a host",
+        ));
+    }
+    Ok(Some(url))
 }

@@ -4,6 +4,7 @@
 //! Routes:
 //! - `GET /health`: store status and a warning when no policy exists.
 //! - `GET /v1/check`: the quota decision for the bearer token's user.
+//! - `POST /v1/metrics`: OTLP/HTTP usage ingest ([`crate::ingest`]).
 
 mod check;
 mod error;
@@ -16,16 +17,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use axum::Router;
 use axum::extract::FromRef;
-use axum::routing::get;
+use axum::routing::{get, post};
+use axum::{Extension, Router};
 use tokio::net::TcpListener;
 use tollgate_quota::CountingConfig;
 
 use crate::auth::TokenValidator;
+use crate::ingest::IngestSettings;
 use crate::store::Store;
 
 pub use error::ApiError;
+pub(crate) use error::error_chain;
 pub use health::NO_POLICY_WARNING;
 
 /// The state shared by every handler.
@@ -43,11 +46,22 @@ impl FromRef<AppState> for Arc<TokenValidator> {
     }
 }
 
-/// Builds the router with every route and the request logging layer.
+/// Builds the router with every route and the request logging layer, and
+/// the default ingest settings (alerts to the log only).
 pub fn router(state: AppState) -> Router {
+    router_with_ingest(state, IngestSettings::default())
+}
+
+/// Builds the router with every route, the request logging layer and the
+/// given settings of `POST /v1/metrics`.
+pub fn router_with_ingest(state: AppState, ingest: IngestSettings) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/v1/check", get(check::check))
+        .route(
+            "/v1/metrics",
+            post(crate::ingest::handler::export_metrics).layer(Extension(Arc::new(ingest))),
+        )
         .layer(axum::middleware::from_fn(trace::trace_request))
         .with_state(state)
 }

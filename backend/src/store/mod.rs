@@ -20,6 +20,10 @@ use tollgate_protocol::check::PolicyKind;
 use tollgate_quota::policy::policy_kind_name;
 use tollgate_quota::{Policy, TokenType, TokenUsage, UnblockGrant};
 
+use crate::alerts::AlertRecord;
+use crate::alerts::deliver::{AlertDelivery, DeliveryOutcome};
+use crate::ingest::batch::{BatchOutcome, ModelUsage, UsageBatch};
+
 /// A failed store operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -171,6 +175,33 @@ pub trait Store: Send + Sync {
 
     /// Returns up to `limit` audit entries, newest first.
     async fn read_audit(&self, limit: usize) -> StoreResult<Vec<AuditEntry>>;
+
+    /// Records the usage points of one OTLP export request in one
+    /// transaction: each point whose identity is new adds its tokens to the
+    /// counters of its end time's UTC day and month and to the per-model
+    /// totals; a cumulative point adds its increase over the series' last
+    /// recorded point. With `batch.alerting`, it inserts the alerts the
+    /// batch newly crossed in the same transaction, each once per store.
+    async fn record_usage_points(&self, batch: &UsageBatch) -> StoreResult<BatchOutcome>;
+
+    /// Returns the user's per-model totals for the UTC day containing `at`,
+    /// including token types that do not count, ordered by model and type.
+    async fn model_usage(&self, user: &str, at: DateTime<Utc>) -> StoreResult<Vec<ModelUsage>>;
+
+    /// Returns the raised alerts of `user`, or of everyone, oldest first.
+    async fn alerts(&self, user: Option<&str>) -> StoreResult<Vec<AlertRecord>>;
+
+    /// Claims up to `limit` queued webhook alerts due at `now`, reserving
+    /// them until `lease_until`.
+    async fn claim_alert_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<AlertDelivery>>;
+
+    /// Records the outcome of a delivery attempt of a claimed alert.
+    async fn finish_alert_delivery(&self, id: i64, outcome: &DeliveryOutcome) -> StoreResult<()>;
 
     /// Applies `changes` in order and appends `audit`, all in one
     /// transaction: either every change and entry is stored or none is.

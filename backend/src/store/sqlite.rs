@@ -18,6 +18,9 @@ use tollgate_quota::{Identity, Period, Policy, TokenType, TokenUsage, UnblockGra
 use super::{
     AuditEntry, PolicyChange, PolicyKey, Store, StoreError, StoreResult, UsageEvent, UsageTotals,
 };
+use crate::alerts::AlertRecord;
+use crate::alerts::deliver::{AlertDelivery, DeliveryOutcome};
+use crate::ingest::batch::{BatchOutcome, ModelUsage, UsageBatch};
 
 /// How long a statement waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -73,6 +76,9 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
     );
     ",
+    // Version 2: usage ingest (point identities, cumulative series,
+    // per-model totals) and alerts (raised alerts, webhook outbox).
+    crate::ingest::sqlite::MIGRATION,
 ];
 
 /// Reads one user's daily counters: a prefix lookup on the primary key.
@@ -622,6 +628,52 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn record_usage_points(&self, batch: &UsageBatch) -> StoreResult<BatchOutcome> {
+        let identity = Identity::parse(&batch.user)
+            .map_err(|error| StoreError::InvalidInput(error.to_string()))?;
+        let batch = batch.clone();
+        self.run("recording usage points", move |connection| {
+            crate::ingest::sqlite::record_batch(connection, &batch, &identity)
+        })
+        .await
+    }
+
+    async fn model_usage(&self, user: &str, at: DateTime<Utc>) -> StoreResult<Vec<ModelUsage>> {
+        let user = user.to_owned();
+        self.run("reading per-model usage", move |connection| {
+            crate::ingest::sqlite::read_model_usage(connection, &user, at)
+        })
+        .await
+    }
+
+    async fn alerts(&self, user: Option<&str>) -> StoreResult<Vec<AlertRecord>> {
+        let user = user.map(str::to_owned);
+        self.run("reading alerts", move |connection| {
+            crate::alerts::sqlite::list_alerts(connection, user.as_deref())
+        })
+        .await
+    }
+
+    async fn claim_alert_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<AlertDelivery>> {
+        self.run("claiming queued alerts", move |connection| {
+            crate::alerts::sqlite::claim_deliveries(connection, now, lease_until, limit)
+        })
+        .await
+    }
+
+    async fn finish_alert_delivery(&self, id: i64, outcome: &DeliveryOutcome) -> StoreResult<()> {
+        let outcome = outcome.clone();
+        self.run("recording an alert delivery", move |connection| {
+            crate::alerts::sqlite::finish_delivery(connection, id, &outcome, Utc::now())
+        })
+        .await
+    }
+
     async fn apply_policy_changes(
         &self,
         changes: &[PolicyChange],
@@ -646,7 +698,8 @@ impl Store for SqliteStore {
         let audit = audit.to_vec();
         let now = timestamp(Utc::now());
         self.run("applying policy changes", move |connection| {
-            let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let transaction =
+                connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for (kind, id, body) in &rows {
                 match body {
                     Some(body) => transaction.execute(
@@ -733,18 +786,28 @@ mod tests {
         assert!(message.contains("newer tollgate"), "{message}");
     }
 
+    fn latest_version() -> i64 {
+        i64::try_from(MIGRATIONS.len()).expect("the migration count fits in i64")
+    }
+
     #[tokio::test]
     async fn reopen_keeps_data_and_version() {
         let folder = tempfile::tempdir().expect("a temporary folder");
         let path = folder.path().join("nested").join("reopen.db");
         let store = SqliteStore::open(&path).expect("the store opens");
-        assert_eq!(store.schema_version().await.expect("version"), 1);
+        assert_eq!(
+            store.schema_version().await.expect("version"),
+            latest_version()
+        );
         let policy = Policy::recommended_default(Utc::now());
         store.put_policy(&policy).await.expect("put");
         drop(store);
 
         let store = SqliteStore::open(&path).expect("the store reopens");
-        assert_eq!(store.schema_version().await.expect("version"), 1);
+        assert_eq!(
+            store.schema_version().await.expect("version"),
+            latest_version()
+        );
         assert_eq!(store.list_policies().await.expect("list"), vec![policy]);
         let journal: String = store
             .connection

@@ -9,9 +9,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
 use tollgate_protocol::check::{Enforcement, PolicyKind};
-use tollgate_quota::{Identity, Policy, TokenType, TokenUsage, UnblockGrant};
+use tollgate_quota::{CountingConfig, Identity, Policy, TokenType, TokenUsage, UnblockGrant};
 
 use super::{AuditEntry, PolicyChange, PolicyKey, Store, UsageEvent};
+use crate::alerts::AlertRule;
+use crate::alerts::deliver::DeliveryOutcome;
+use crate::ingest::batch::{CumulativeValue, PointValue, UsageBatch, UsagePoint};
 
 /// Runs every case against `store`, which must start empty.
 pub async fn run_all(store: Arc<dyn Store>) {
@@ -27,6 +30,10 @@ pub async fn run_all(store: Arc<dyn Store>) {
     unblocks_round_trip(store.as_ref()).await;
     audit_log_reads_newest_first(store.as_ref()).await;
     policy_changes_apply_together(store.as_ref()).await;
+    usage_points_count_once(store.as_ref()).await;
+    cumulative_points_add_increases(store.as_ref()).await;
+    usage_point_alerts_raise_once(store.as_ref()).await;
+    alert_outbox_claims_and_finishes(store.as_ref()).await;
 }
 
 fn at(text: &str) -> DateTime<Utc> {
@@ -531,6 +538,295 @@ pub async fn audit_log_reads_newest_first(store: &dyn Store) {
         entries[0].at,
         at("2026-09-09T09:02:00Z"),
         "audit time round trip"
+    );
+}
+
+fn usage_point(id: u8, when: &str, type_name: &str, model: &str, value: PointValue) -> UsagePoint {
+    UsagePoint {
+        id: [id; 32],
+        end: at(when),
+        type_name: type_name.to_owned(),
+        counted_as: type_name.parse().ok(),
+        model: model.to_owned(),
+        value,
+    }
+}
+
+fn usage_batch(user: &str, points: Vec<UsagePoint>) -> UsageBatch {
+    UsageBatch {
+        user: user.to_owned(),
+        points,
+        alerting: None,
+    }
+}
+
+/// Checks that usage points add to the day and month of their end time and
+/// to the per-model totals, that a point seen before adds nothing, that two
+/// points with equal values both count, and that an unknown type is kept
+/// per model without counting.
+pub async fn usage_points_count_once(store: &dyn Store) {
+    let user = "points@example.com";
+    let model = "us.anthropic.claude-sonnet-4-5-20250929-v1:0";
+    let batch = usage_batch(
+        user,
+        vec![
+            usage_point(
+                1,
+                "2025-01-31T23:59:59.999Z",
+                "input",
+                model,
+                PointValue::Delta(37),
+            ),
+            usage_point(
+                2,
+                "2025-01-31T23:59:59.999Z",
+                "output",
+                model,
+                PointValue::Delta(19),
+            ),
+            usage_point(
+                3,
+                "2025-01-31T12:00:00Z",
+                "output",
+                model,
+                PointValue::Delta(19),
+            ),
+            usage_point(
+                4,
+                "2025-02-01T00:00:00Z",
+                "cacheRead",
+                model,
+                PointValue::Delta(1234),
+            ),
+            usage_point(
+                5,
+                "2025-01-31T10:00:00Z",
+                "futureType",
+                model,
+                PointValue::Delta(5),
+            ),
+        ],
+    );
+    let outcome = store
+        .record_usage_points(&batch)
+        .await
+        .expect("record points");
+    assert_eq!(outcome.recorded, 5, "points: recorded");
+    assert_eq!(outcome.duplicates, 0, "points: duplicates");
+
+    let again = store
+        .record_usage_points(&batch)
+        .await
+        .expect("record again");
+    assert_eq!(again.recorded, 0, "points: re-delivery records nothing");
+    assert_eq!(again.duplicates, 5, "points: re-delivery is all duplicates");
+
+    let january = store
+        .usage(user, at("2025-01-15T00:00:00Z"))
+        .await
+        .expect("usage");
+    assert_eq!(january.monthly.input, 37, "points: January input");
+    assert_eq!(
+        january.monthly.output, 38,
+        "points: equal values both count"
+    );
+    assert_eq!(
+        january.monthly.cache_read, 0,
+        "points: February point not in January"
+    );
+    let last_day = store
+        .usage(user, at("2025-01-31T01:00:00Z"))
+        .await
+        .expect("usage");
+    assert_eq!(last_day.daily.output, 38, "points: daily output");
+    let february = store
+        .usage(user, at("2025-02-01T05:00:00Z"))
+        .await
+        .expect("usage");
+    assert_eq!(
+        february.daily.cache_read, 1234,
+        "points: February cache read"
+    );
+    assert_eq!(
+        february.monthly.input, 0,
+        "points: January point not in February"
+    );
+
+    let models = store
+        .model_usage(user, at("2025-01-31T08:00:00Z"))
+        .await
+        .expect("model usage");
+    let rows: Vec<(&str, &str, u64)> = models
+        .iter()
+        .map(|row| (row.model.as_str(), row.type_name.as_str(), row.tokens))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (model, "futureType", 5),
+            (model, "input", 37),
+            (model, "output", 38),
+        ],
+        "points: per-model totals keep unknown types"
+    );
+}
+
+/// Checks that cumulative points add their increase, a drop restarts the
+/// series, and an older point adds nothing.
+pub async fn cumulative_points_add_increases(store: &dyn Store) {
+    let user = "cumulative@example.com";
+    let series = [9u8; 32];
+    let point = |id: u8, minute: u64, total: u64| {
+        let start = 1_767_225_600_000_000_000u64; // 2026-01-01T00:00:00Z
+        let end = start + minute * 60_000_000_000;
+        let when = DateTime::from_timestamp_nanos(i64::try_from(end).expect("fits")).to_rfc3339();
+        usage_point(
+            id,
+            &when,
+            "output",
+            "m",
+            PointValue::Cumulative(CumulativeValue {
+                series,
+                start_unix_nano: start,
+                end_unix_nano: end,
+                total,
+            }),
+        )
+    };
+    let batches = [
+        vec![point(11, 1, 100), point(12, 2, 150)],
+        // Re-sent, then older than the last recorded point.
+        vec![point(12, 2, 150), point(13, 1, 120)],
+        // A drop: the series restarted.
+        vec![point(14, 3, 30)],
+        vec![point(15, 4, 45)],
+    ];
+    for batch in batches {
+        store
+            .record_usage_points(&usage_batch(user, batch))
+            .await
+            .expect("record cumulative points");
+    }
+    let usage = store
+        .usage(user, at("2026-01-01T12:00:00Z"))
+        .await
+        .expect("usage");
+    assert_eq!(usage.daily.output, 150 + 30 + 15, "cumulative: increases");
+}
+
+/// Checks that a batch crossing a threshold raises its alert once, queued
+/// for the webhook, and that later batches do not raise it again.
+pub async fn usage_point_alerts_raise_once(store: &dyn Store) {
+    let user = "alerted@example.com";
+    let now = Utc::now();
+    let when = now.to_rfc3339();
+    let mut policy = policy(PolicyKind::User, user, 1_000_000);
+    policy.daily_limit = Some(1000);
+    policy.daily_enforcement = Enforcement::Block;
+    let rule = AlertRule {
+        policy,
+        counting: CountingConfig::default(),
+        now,
+        queue_webhook: true,
+    };
+    let mut raised = Vec::new();
+    for (id, tokens) in [(21u8, 500u64), (22, 350), (23, 10), (24, 300)] {
+        let mut batch = usage_batch(
+            user,
+            vec![usage_point(
+                id,
+                &when,
+                "input",
+                "m",
+                PointValue::Delta(tokens),
+            )],
+        );
+        batch.alerting = Some(rule.clone());
+        let outcome = store.record_usage_points(&batch).await.expect("record");
+        raised.extend(outcome.alerts.into_iter().map(|alert| alert.dedup_key));
+    }
+    let day = now.format("%Y-%m-%d");
+    assert_eq!(
+        raised,
+        [
+            format!("{user}/daily/{day}/threshold-80"),
+            format!("{user}/daily/{day}/threshold-90"),
+            format!("{user}/daily/{day}/limit"),
+        ],
+        "alerts: each crossing raised once"
+    );
+    let stored = store.alerts(Some(user)).await.expect("alerts");
+    assert_eq!(stored.len(), 3, "alerts: stored once each");
+    let limit = stored
+        .iter()
+        .find(|alert| alert.threshold_percent.is_none())
+        .expect("alerts: the limit alert is stored");
+    assert_eq!(limit.tokens, 1160, "alerts: usage after the crossing batch");
+    assert!(
+        store
+            .alerts(Some("nobody@example.com"))
+            .await
+            .expect("alerts")
+            .is_empty(),
+        "alerts: per user"
+    );
+}
+
+/// Checks the webhook outbox: claimed alerts are leased, a retry comes
+/// back when due, and a delivered alert is not claimed again.
+pub async fn alert_outbox_claims_and_finishes(store: &dyn Store) {
+    let now = Utc::now() + Duration::seconds(1);
+    let claimed = store
+        .claim_alert_deliveries(now, now + Duration::seconds(60), 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 3, "outbox: the queued alerts are due");
+    let leased = store
+        .claim_alert_deliveries(now, now + Duration::seconds(60), 10)
+        .await
+        .expect("claim again");
+    assert!(
+        leased.is_empty(),
+        "outbox: leased alerts are not claimed twice"
+    );
+
+    let retry_at = now + Duration::seconds(5);
+    store
+        .finish_alert_delivery(
+            claimed[0].id,
+            &DeliveryOutcome::Retry {
+                error: "HTTP 500".to_owned(),
+                at: retry_at,
+            },
+        )
+        .await
+        .expect("finish retry");
+    for delivery in &claimed[1..] {
+        store
+            .finish_alert_delivery(delivery.id, &DeliveryOutcome::Delivered)
+            .await
+            .expect("finish delivered");
+    }
+    let later = now + Duration::seconds(120);
+    let due = store
+        .claim_alert_deliveries(later, later + Duration::seconds(60), 10)
+        .await
+        .expect("claim later");
+    assert_eq!(due.len(), 1, "outbox: only the retried alert comes back");
+    assert_eq!(due[0].id, claimed[0].id, "outbox: the retried alert");
+    assert_eq!(due[0].attempts, 1, "outbox: the failure is counted");
+    store
+        .finish_alert_delivery(due[0].id, &DeliveryOutcome::Delivered)
+        .await
+        .expect("finish");
+    let much_later = later + Duration::hours(2);
+    assert!(
+        store
+            .claim_alert_deliveries(much_later, much_later, 10)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "outbox: delivered alerts are done"
     );
 }
 

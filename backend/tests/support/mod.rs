@@ -26,7 +26,10 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tollgate_backend::alerts::AlertRecord;
+use tollgate_backend::alerts::deliver::{AlertDelivery, DeliveryOutcome};
 use tollgate_backend::auth::{AuthConfig, TokenValidator};
+use tollgate_backend::ingest::batch::{BatchOutcome, ModelUsage, UsageBatch};
 use tollgate_backend::server::{self, AppState};
 use tollgate_backend::store::sqlite::SqliteStore;
 use tollgate_backend::store::{
@@ -304,6 +307,33 @@ impl Store for CountingStore {
     ) -> StoreResult<()> {
         self.count();
         self.inner.apply_policy_changes(changes, audit).await
+    }
+    async fn record_usage_points(&self, batch: &UsageBatch) -> StoreResult<BatchOutcome> {
+        self.count();
+        self.inner.record_usage_points(batch).await
+    }
+    async fn model_usage(&self, user: &str, at: DateTime<Utc>) -> StoreResult<Vec<ModelUsage>> {
+        self.count();
+        self.inner.model_usage(user, at).await
+    }
+    async fn alerts(&self, user: Option<&str>) -> StoreResult<Vec<AlertRecord>> {
+        self.count();
+        self.inner.alerts(user).await
+    }
+    async fn claim_alert_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<AlertDelivery>> {
+        self.count();
+        self.inner
+            .claim_alert_deliveries(now, lease_until, limit)
+            .await
+    }
+    async fn finish_alert_delivery(&self, id: i64, outcome: &DeliveryOutcome) -> StoreResult<()> {
+        self.count();
+        self.inner.finish_alert_delivery(id, outcome).await
     }
 }
 
