@@ -1,23 +1,27 @@
-//! The command line: `run` starts the daemon; `login`, `logout` and
-//! `status` talk to the running agent over its socket and start it first
-//! when no agent accepts the connection. This is the only module that prints.
+//! The command line: `run` starts the daemon; `login`, `logout`, `status`
+//! and `refresh` talk to the running agent over its socket and start it
+//! first when no agent accepts the connection; `doctor` checks the setup.
+//! This is the only module that prints.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use clap::{Parser, Subcommand};
-use tollgate_protocol::agent::{ProfileStatus, Request, RequestBody, Response};
+use tollgate_protocol::agent::{ErrorKind, Request, RequestBody, Response};
 use tollgate_protocol::paths::INSIDE_AGENT_ENV;
 
 use crate::config::{self, PROFILE_ENV};
 use crate::daemon::{self, RunOutcome};
+use crate::doctor::{self, Outcome};
 use crate::logging;
-use crate::quota::format_tokens;
+use crate::quota;
+use crate::quota_view;
 
 /// Prints a line to stdout, ignoring a closed pipe (`status | head`).
 macro_rules! out {
@@ -62,7 +66,7 @@ enum Command {
         #[arg(long)]
         profile: Option<String>,
     },
-    /// Shows who is logged in, token and credential expiry, the secret store and the last quota result.
+    /// Shows who is logged in, token and credential expiry, usage against each limit and the secret store.
     Status {
         /// Shows one profile (default: $TOLLGATE_PROFILE, else all profiles).
         #[arg(long)]
@@ -70,6 +74,24 @@ enum Command {
         /// Prints the status as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Gets credentials for Claude Code's awsAuthRefresh setting: runs the
+    /// login when one is needed and explains a quota block. Exits non-zero
+    /// when no credentials can be had, so Claude Code keeps the output on screen.
+    Refresh {
+        /// The profile in the agent config (default: $TOLLGATE_PROFILE, else the only profile).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Seconds to wait for a login before giving up; Claude Code stops the command after 180.
+        #[arg(long, default_value_t = 170, value_parser = clap::value_parser!(u64).range(5..=3600))]
+        timeout_seconds: u64,
+    },
+    /// Checks the config, keyring, runtime folder, identity provider, quota
+    /// backend, clock and AWS config, and prints a fix for each problem.
+    Doctor {
+        /// The profile to check (default: $TOLLGATE_PROFILE, else the only profile).
+        #[arg(long)]
+        profile: Option<String>,
     },
 }
 
@@ -85,6 +107,11 @@ pub fn main() -> ExitCode {
         } => client(|socket| login(socket, profile, device_code)),
         Command::Logout { profile } => client(|socket| logout(socket, profile)),
         Command::Status { profile, json } => client(|socket| status(socket, profile, json)),
+        Command::Refresh {
+            profile,
+            timeout_seconds,
+        } => client(|socket| refresh(socket, profile, Duration::from_secs(timeout_seconds))),
+        Command::Doctor { profile } => run_doctor(profile),
     };
     match result {
         Ok(code) => code,
@@ -178,6 +205,18 @@ fn resolve_profile(requested: Option<String>) -> anyhow::Result<String> {
 /// Sends one request and returns the final response, printing progress
 /// notes to stderr.
 fn exchange(socket: &Path, body: RequestBody) -> anyhow::Result<Response> {
+    exchange_until(socket, body, None, |message| eprintln!("{message}"))?
+        .context("the agent sent no response")
+}
+
+/// Sends one request and returns the final response, or `None` when
+/// `deadline` passes first. Each progress note goes to `on_progress`.
+fn exchange_until(
+    socket: &Path,
+    body: RequestBody,
+    deadline: Option<Instant>,
+    mut on_progress: impl FnMut(&str),
+) -> anyhow::Result<Option<Response>> {
     let mut stream = UnixStream::connect(socket)
         .with_context(|| format!("could not connect to the agent at `{}`", socket.display()))?;
     let line =
@@ -186,13 +225,37 @@ fn exchange(socket: &Path, body: RequestBody) -> anyhow::Result<Response> {
         .with_context(|| format!("could not send the request to `{}`", socket.display()))?;
     let mut reader = BufReader::new(stream);
     loop {
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            reader
+                .get_ref()
+                .set_read_timeout(Some(left))
+                .context("could not set the socket read timeout")?;
+        }
         let mut line = String::new();
-        let read = reader.read_line(&mut line).with_context(|| {
-            format!(
-                "could not read the agent's response from `{}`",
-                socket.display()
-            )
-        })?;
+        let read = match reader.read_line(&mut line) {
+            Ok(read) => read,
+            Err(error)
+                if deadline.is_some()
+                    && matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+            {
+                return Ok(None);
+            }
+            Err(error) => {
+                return Err(error).with_context(|| {
+                    format!(
+                        "could not read the agent's response from `{}`",
+                        socket.display()
+                    )
+                });
+            }
+        };
         if read == 0 {
             anyhow::bail!(
                 "the agent closed the connection without a response; see its log at `{}`",
@@ -202,10 +265,10 @@ fn exchange(socket: &Path, body: RequestBody) -> anyhow::Result<Response> {
         let response: Response =
             serde_json::from_str(&line).context("the agent sent a line that is not a response")?;
         if let Response::Progress { message, .. } = &response {
-            eprintln!("{message}");
+            on_progress(message);
             continue;
         }
-        return Ok(response);
+        return Ok(Some(response));
     }
 }
 
@@ -259,79 +322,144 @@ fn status(socket: &Path, profile: Option<String>, json: bool) -> anyhow::Result<
         );
         return Ok(ExitCode::SUCCESS);
     }
-    // The quota URL is not part of the status response, so it is read from
-    // the same config file the agent uses.
+    // The quota URL and the support contact are not part of the status
+    // response, so they are read from the same config file the agent uses.
     let config = config::load(&config::config_path(|name| std::env::var_os(name))).ok();
+    let color = quota_view::use_color(
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR"),
+    );
     for status in &profiles {
-        let quota_url = config
+        let profile = config
             .as_ref()
-            .and_then(|config| config.profiles.get(&status.profile))
-            .map(|profile| profile.quota_url.clone());
-        print_status(status, quota_url);
+            .and_then(|config| config.profiles.get(&status.profile));
+        let blocked = status
+            .last_quota
+            .as_ref()
+            .filter(|answer| !answer.allowed)
+            .map(|answer| {
+                quota::blocked_message(
+                    &status.profile,
+                    profile.and_then(|profile| profile.support_contact.as_deref()),
+                    answer,
+                )
+            });
+        out!(
+            "{}",
+            quota_view::terminal_text(
+                status,
+                profile.map(|profile| profile.quota_url.is_some()),
+                blocked.as_deref(),
+                Utc::now(),
+                color,
+            )
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn time(value: DateTime<Utc>) -> String {
-    let left = value - Utc::now();
-    let left = if left.num_seconds() <= 0 {
-        "expired".to_string()
-    } else if left.num_minutes() < 120 {
-        format!("in {} min", left.num_minutes())
-    } else {
-        format!("in {} h", left.num_hours())
-    };
-    format!("{} ({left})", value.format("%Y-%m-%d %H:%M:%S UTC"))
+/// Runs `refresh`: asks for credentials, letting the agent log in, and
+/// prints everything to stdout, which Claude Code shows in its sign-in box.
+fn refresh(socket: &Path, profile: Option<String>, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let profile = resolve_profile(profile)?;
+    let deadline = Instant::now() + timeout;
+    let response = exchange_until(
+        socket,
+        RequestBody::GetCredentials {
+            profile: profile.clone(),
+            interactive: true,
+        },
+        Some(deadline),
+        |message| out!("{message}"),
+    )?;
+    match response {
+        None => {
+            out!(
+                "Tollgate: the login for profile `{profile}` did not finish within {} seconds. Finish it in the browser or with the code above, or run `tollgate-agent login --profile {profile}`, then retry.",
+                timeout.as_secs()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Some(Response::Credentials(credentials)) => {
+            out!(
+                "Tollgate: profile `{profile}` has AWS credentials until {}.",
+                credentials.expiration.format("%Y-%m-%d %H:%M UTC")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Response::Error(error)) => {
+            let what = match error.kind {
+                ErrorKind::QuotaBlocked => "Claude Code is blocked by your Tollgate quota.",
+                _ => "Tollgate could not get AWS credentials.",
+            };
+            out!("{what}");
+            out!("{}", error.message);
+            for cause in &error.causes {
+                out!("  caused by: {cause}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        Some(other) => anyhow::bail!("the agent sent an unexpected response: {other:?}"),
+    }
 }
 
-fn print_status(status: &ProfileStatus, quota_url: Option<Option<String>>) {
-    out!("profile {}", status.profile);
-    match &status.identity {
-        Some(identity) => out!("  logged in as:    {identity}"),
-        None => out!(
-            "  logged in as:    nobody (run `tollgate-agent login --profile {}`)",
-            status.profile
-        ),
-    }
-    if let Some(expiration) = status.id_token_expiration {
-        let refresh = if status.has_refresh_token {
-            "refresh token held"
-        } else {
-            "no refresh token"
+/// Runs `doctor` and prints one block per check.
+fn run_doctor(profile: Option<String>) -> anyhow::Result<ExitCode> {
+    logging::init_client();
+    let profile = profile.or_else(|| {
+        std::env::var(PROFILE_ENV)
+            .ok()
+            .filter(|name| !name.is_empty())
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    let checks = runtime.block_on(doctor::run(profile.as_deref()));
+    let color = quota_view::use_color(
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR"),
+    );
+    let mut failed = 0;
+    let mut warned = 0;
+    for check in &checks {
+        let label = match check.outcome {
+            Outcome::Pass => "ok  ",
+            Outcome::Warn => {
+                warned += 1;
+                "warn"
+            }
+            Outcome::Fail => {
+                failed += 1;
+                "FAIL"
+            }
+            Outcome::Skip => "skip",
         };
-        out!("  ID token:        expires {}; {refresh}", time(expiration));
-    }
-    match status.credentials_expiration {
-        Some(expiration) => out!("  AWS credentials: expire {}", time(expiration)),
-        None => out!("  AWS credentials: none cached"),
-    }
-    match (&status.last_quota, quota_url) {
-        (Some(answer), _) => {
-            let verdict = if answer.allowed { "allowed" } else { "blocked" };
-            let period =
-                |name: &str, usage: &tollgate_protocol::check::PeriodUsage| match usage.limit {
-                    Some(limit) => format!(
-                        "{name} {} of {} ({:.0}%)",
-                        format_tokens(usage.tokens),
-                        format_tokens(limit),
-                        usage.percent.unwrap_or(0.0)
-                    ),
-                    None => format!("{name} {} (no limit)", format_tokens(usage.tokens)),
-                };
-            out!(
-                "  quota:           {verdict} at {}: {}, {}; {}",
-                answer.checked_at.format("%H:%M:%S UTC"),
-                period("daily", &answer.usage.daily),
-                period("monthly", &answer.usage.monthly),
-                answer.message
-            );
+        let label = if color {
+            let code = match check.outcome {
+                Outcome::Pass => "32",
+                Outcome::Warn => "33",
+                Outcome::Fail => "31",
+                Outcome::Skip => "2",
+            };
+            format!("\x1b[{code}m{label}\x1b[0m")
+        } else {
+            label.to_string()
+        };
+        out!("{label} {}: {}", check.name, check.detail);
+        if let Some(fix) = &check.fix {
+            out!("     fix: {fix}");
         }
-        (None, Some(None)) => {
-            out!("  quota:           not checked (the profile has no quota_url)")
-        }
-        (None, _) => out!("  quota:           not checked yet"),
     }
-    if let Some(store) = &status.secret_store {
-        out!("  secret store:    {store}");
-    }
+    out!(
+        "{} checks: {} failed, {} warnings",
+        checks.len(),
+        failed,
+        warned
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -90,6 +90,20 @@ impl FailMode {
     }
 }
 
+/// How the agent logs a user in when a credential request needs a login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoginMethod {
+    /// The device code login on SSH sessions, on WSL without `$BROWSER`
+    /// and on Linux without a display; the browser login elsewhere.
+    #[default]
+    Auto,
+    /// Always the browser login (authorization code with PKCE).
+    Browser,
+    /// Always the device code login (RFC 8628).
+    DeviceCode,
+}
+
 /// One validated profile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
@@ -109,6 +123,10 @@ pub struct Profile {
     pub fail_mode: FailMode,
     pub identity_claim: String,
     pub login_timeout_seconds: u64,
+    pub login: LoginMethod,
+    /// Whom a blocked user should ask to raise the limit, for example a
+    /// team channel or an email address.
+    pub support_contact: Option<String>,
 }
 
 impl Profile {
@@ -234,6 +252,9 @@ struct RawProfile {
     identity_claim: String,
     #[serde(default = "default_login_timeout")]
     login_timeout_seconds: i64,
+    #[serde(default)]
+    login: LoginMethod,
+    support_contact: Option<String>,
 }
 
 fn default_scopes() -> Vec<String> {
@@ -363,6 +384,11 @@ fn validate_profile(name: &str, raw: RawProfile) -> Result<Profile, String> {
         identity_claim: raw.identity_claim,
         login_timeout_seconds: u64::try_from(login_timeout_seconds)
             .expect("range checked to 10..=3600"),
+        login: raw.login,
+        support_contact: raw
+            .support_contact
+            .map(|contact| contact.trim().to_string())
+            .filter(|contact| !contact.is_empty()),
     })
 }
 

@@ -12,6 +12,7 @@ use tollgate_protocol::paths;
 
 use crate::config::{ConfigSource, config_path};
 use crate::login::oidc::Oidc;
+use crate::notices::Notices;
 use crate::server::{self, Bound};
 use crate::service::Agent;
 use crate::store::{self, MemoryStore};
@@ -78,13 +79,16 @@ pub async fn run(log_path: &Path) -> anyhow::Result<RunOutcome> {
 
     let config = ConfigSource::new(config_path(|name| std::env::var_os(name)));
     let cancel = CancellationToken::new();
-    let agent = Arc::new(Agent::new(
-        config,
-        Oidc::new().context("could not build the HTTP client")?,
-        Arc::new(AwsSts::default()),
-        selection.store,
-        cancel.clone(),
-    ));
+    let agent = Arc::new(
+        Agent::new(
+            config,
+            Oidc::new().context("could not build the HTTP client")?,
+            Arc::new(AwsSts::default()),
+            selection.store,
+            cancel.clone(),
+        )
+        .with_notices(Arc::new(Notices::new(Notices::default_ledger_path()))),
+    );
     agent.load_sessions().await;
     tracing::info!(pid = std::process::id(), socket = %listener.socket_path().display(), log = %log_path.display(), "agent started");
 

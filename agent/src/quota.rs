@@ -120,8 +120,12 @@ fn describe_period(period_name: &str, usage: &PeriodUsage) -> String {
 }
 
 /// Explains a refusal: which limit, usage against it, when it resets and
-/// what to do.
-pub fn blocked_message(profile: &str, answer: &CheckAnswer) -> String {
+/// whom to ask (`support_contact` when the profile names one).
+pub fn blocked_message(
+    profile: &str,
+    support_contact: Option<&str>,
+    answer: &CheckAnswer,
+) -> String {
     let limit_text = match answer.reason {
         Reason::DailyLimitExceeded => describe_period("daily", &answer.usage.daily),
         Reason::MonthlyLimitExceeded => describe_period("monthly", &answer.usage.monthly),
@@ -137,8 +141,12 @@ pub fn blocked_message(profile: &str, answer: &CheckAnswer) -> String {
             }
         }
     };
+    let whom = match support_contact {
+        Some(contact) => format!("your Tollgate administrator ({contact})"),
+        None => "your Tollgate administrator".to_string(),
+    };
     format!(
-        "Tollgate quota for {} (profile `{profile}`): {limit_text}. Wait for the reset, or ask your Tollgate administrator to raise the limit or grant a temporary unblock.",
+        "Tollgate quota for {} (profile `{profile}`): {limit_text}. Wait for the reset, or ask {whom} to raise the limit or grant a temporary unblock.",
         answer.user
     )
 }
@@ -187,7 +195,7 @@ mod tests {
 
     #[test]
     fn monthly_block_message() {
-        let message = blocked_message("bedrock", &answer(Reason::MonthlyLimitExceeded));
+        let message = blocked_message("bedrock", None, &answer(Reason::MonthlyLimitExceeded));
         assert!(message.contains("ana@example.com"), "{message}");
         assert!(
             message.contains("the monthly limit is reached: 512.3M of 500M tokens used (102%)"),
@@ -205,7 +213,11 @@ mod tests {
 
     #[test]
     fn daily_block_message() {
-        let message = blocked_message("bedrock", &answer(Reason::DailyLimitExceeded));
+        let message = blocked_message(
+            "bedrock",
+            Some("#ai-platform on Slack"),
+            &answer(Reason::DailyLimitExceeded),
+        );
         assert!(
             message.contains("the daily limit is reached: 20M of 18M tokens used (111%)"),
             "{message}"
@@ -214,13 +226,17 @@ mod tests {
             message.contains("resets at 2026-12-05 00:00 UTC"),
             "{message}"
         );
+        assert!(
+            message.contains("administrator (#ai-platform on Slack)"),
+            "{message}"
+        );
     }
 
     #[test]
     fn unknown_reason_falls_back_to_usage() {
         let mut answer = answer(Reason::Unknown);
         answer.usage.daily.tokens = 1;
-        let message = blocked_message("bedrock", &answer);
+        let message = blocked_message("bedrock", None, &answer);
         assert!(
             message.contains("the monthly limit is reached"),
             "{message}"

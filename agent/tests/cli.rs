@@ -101,7 +101,7 @@ fn status_starts_agent() {
         text(&again.stderr)
     );
     assert!(
-        text(&again.stdout).contains("logged in as:    nobody"),
+        text(&again.stdout).contains("not logged in; run `tollgate-agent login"),
         "{}",
         text(&again.stdout)
     );

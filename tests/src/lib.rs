@@ -16,6 +16,7 @@
 //! (`TOLLGATE_VENV`, default `/var/cache/tollgate/venv`).
 
 pub mod backend;
+pub mod desktop;
 pub mod http;
 pub mod jwt;
 pub mod locate;
@@ -26,6 +27,7 @@ pub mod proxy;
 pub mod stack;
 
 pub use backend::Backend;
+pub use desktop::Desktop;
 pub use moto::Moto;
 pub use oidc::{OidcOptions, OidcProvider};
 pub use process::{Service, wait_for};

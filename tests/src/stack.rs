@@ -125,6 +125,7 @@ pub struct StackBuilder {
     backend_args: Vec<String>,
     login: String,
     oidc: OidcOptions,
+    extra_env: Vec<(String, String)>,
 }
 
 /// What a profile became on disk.
@@ -202,6 +203,7 @@ impl Default for StackBuilder {
             backend_args: Vec::new(),
             login: "alice".to_owned(),
             oidc: OidcOptions::default(),
+            extra_env: Vec::new(),
         }
     }
 }
@@ -244,6 +246,14 @@ impl StackBuilder {
     /// Sets the provider's ID token lifetime in seconds.
     pub fn id_token_ttl(mut self, seconds: u64) -> Self {
         self.oidc.id_token_ttl = Some(seconds);
+        self
+    }
+
+    /// Sets (or replaces) a variable of the stack's environment, for
+    /// example `DISPLAY` and `DBUS_SESSION_BUS_ADDRESS` of a private
+    /// desktop session.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.extra_env.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -339,6 +349,11 @@ impl Stack {
             sts_url: sts.url(),
             login: &builder.login,
         })?;
+        let mut env = env;
+        for (name, value) in &builder.extra_env {
+            env.retain(|(key, _)| key != name);
+            env.push((name.clone(), value.clone()));
+        }
 
         Ok(Self {
             profiles,

@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod callback;
+pub mod method;
 pub mod oidc;
 
 use std::path::Path;

@@ -10,6 +10,7 @@ use super::{Agent, AgentError, ProfileState};
 use crate::cache::session::{IdentityTokens, StsCredentials};
 use crate::config::{FailMode, Profile};
 use crate::expiration::{credentials_usable, reported_expiration};
+use crate::login::method::{Session, use_device_code};
 use crate::login::{self, RefreshError};
 use crate::progress::Progress;
 use crate::quota;
@@ -104,7 +105,9 @@ impl Agent {
                 .unwrap_or_else(Utc::now)
         });
         let expiration = reported_expiration(credentials.expiration, next_recheck, Utc::now());
-        tracing::info!(profile = %profile.name, access_key_id = %credentials.access_key_id, sts_expiration = %credentials.expiration, reported_expiration = %expiration, "handed out credentials");
+        // One line per credential request: debug, so a busy client does not
+        // fill the info log.
+        tracing::debug!(profile = %profile.name, access_key_id = %credentials.access_key_id, sts_expiration = %credentials.expiration, reported_expiration = %expiration, "handed out credentials");
         Response::Credentials(Credentials {
             access_key_id: credentials.access_key_id.clone(),
             secret_access_key: credentials.secret_access_key.clone(),
@@ -154,19 +157,45 @@ impl Agent {
         quota_url: &str,
         tokens: &IdentityTokens,
     ) -> Result<(), AgentError> {
-        match quota::check(self.oidc.http(), quota_url, &tokens.id_token).await {
+        let result = quota::check(self.oidc.http(), quota_url, &tokens.id_token).await;
+        if let (Ok(answer), Some(notices)) = (&result, &self.notices) {
+            notices.observe(profile, answer);
+        }
+        match result {
             Ok(answer) if answer.allowed => {
-                tracing::debug!(profile = %profile.name, reason = ?answer.reason, "the quota check allowed access");
                 let mut session = state.session();
+                if session
+                    .last_quota
+                    .as_ref()
+                    .is_some_and(|previous| !previous.allowed)
+                {
+                    tracing::info!(profile = %profile.name, reason = ?answer.reason, "the quota check allows access again");
+                } else {
+                    tracing::debug!(profile = %profile.name, reason = ?answer.reason, "the quota check allowed access");
+                }
                 session.last_quota = Some(answer);
                 session.last_quota_check = Some(Utc::now());
                 Ok(())
             }
             Ok(answer) => {
-                let message = quota::blocked_message(&profile.name, &answer);
-                tracing::warn!(profile = %profile.name, reason = ?answer.reason, "the quota check denied credentials");
+                let message = quota::blocked_message(
+                    &profile.name,
+                    profile.support_contact.as_deref(),
+                    &answer,
+                );
                 let stored = {
                     let mut session = state.session();
+                    let newly_blocked = session
+                        .last_quota
+                        .as_ref()
+                        .is_none_or(|previous| previous.allowed);
+                    // A blocked client may retry many times a minute, so
+                    // only the change to blocked is logged at warn.
+                    if newly_blocked {
+                        tracing::warn!(profile = %profile.name, reason = ?answer.reason, "the quota check denied credentials");
+                    } else {
+                        tracing::debug!(profile = %profile.name, reason = ?answer.reason, "the quota check still denies credentials");
+                    }
                     session.last_quota = Some(answer.clone());
                     let had_credentials = session.stored.credentials.is_some();
                     session.drop_credentials();
@@ -260,7 +289,10 @@ impl Agent {
             }
             return Err(error);
         }
-        self.run_login(profile, state, progress, false).await
+        let session = Session::current();
+        let device_code = use_device_code(profile.login, false, session);
+        tracing::debug!(profile = %profile.name, session = session.describe(), device_code, "picked the login method");
+        self.run_login(profile, state, progress, device_code).await
     }
 
     async fn run_login(
@@ -338,6 +370,7 @@ impl Agent {
         let profile = config.profile(name)?.clone();
         let state: Arc<ProfileState> = self.profile_state(&profile).await;
         let _flight = self.enter_flight(&profile, &state, progress).await;
+        let device_code = use_device_code(profile.login, device_code, Session::current());
         let tokens = self
             .run_login(&profile, &state, progress, device_code)
             .await?;

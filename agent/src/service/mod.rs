@@ -19,6 +19,7 @@ use tollgate_protocol::agent::{ErrorKind, PROTOCOL_VERSION, ProfileStatus, Reque
 use crate::cache::session::{Session, StoredSession};
 use crate::config::{ConfigSource, Profile};
 use crate::login::oidc::Oidc;
+use crate::notices::Notices;
 use crate::progress::Progress;
 use crate::store::SecretStore;
 use crate::sts::StsApi;
@@ -50,6 +51,8 @@ pub struct Agent {
     profiles: tokio::sync::Mutex<HashMap<String, Arc<ProfileState>>>,
     /// Cancelled when the agent shuts down, so waiting logins end.
     shutdown: CancellationToken,
+    /// Desktop notifications and the status page; absent in unit tests.
+    notices: Option<Arc<Notices>>,
 }
 
 impl Agent {
@@ -67,7 +70,14 @@ impl Agent {
             store,
             profiles: tokio::sync::Mutex::new(HashMap::new()),
             shutdown,
+            notices: None,
         }
+    }
+
+    /// Adds desktop notifications and the status page.
+    pub fn with_notices(mut self, notices: Arc<Notices>) -> Self {
+        self.notices = Some(notices);
+        self
     }
 
     /// Reads the secret store once for every configured profile. A missing

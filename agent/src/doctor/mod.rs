@@ -1,0 +1,149 @@
+//! `tollgate-agent doctor`: checks each piece a working setup needs and
+//! states a fix for each problem found.
+//!
+//! Nothing here changes the setup apart from the keyring probe, which
+//! writes, reads and deletes one test entry.
+
+mod aws_files;
+mod local;
+mod network;
+
+use crate::config::{self, Profile};
+
+/// The result of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Pass,
+    /// Works, but something deserves attention.
+    Warn,
+    Fail,
+    /// Not applicable, or not possible because an earlier check failed.
+    Skip,
+}
+
+/// One check: what was checked, what was found, and the fix.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub outcome: Outcome,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+impl Check {
+    pub fn pass(name: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            name,
+            outcome: Outcome::Pass,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    pub fn skip(name: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            name,
+            outcome: Outcome::Skip,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    pub fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            name,
+            outcome: Outcome::Fail,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    pub fn warn(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            name,
+            outcome: Outcome::Warn,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// Runs every check for `profile` (else `$TOLLGATE_PROFILE` as passed by
+/// the caller, else the only profile) and returns them in order.
+pub async fn run(profile: Option<&str>) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let path = config::config_path(|name| std::env::var_os(name));
+    let profile = match config::load(&path) {
+        Ok(config) => match config.default_profile(profile) {
+            Ok(found) => {
+                checks.push(Check::pass(
+                    "config",
+                    format!(
+                        "`{}` is valid; checking profile `{}` (issuer {})",
+                        path.display(),
+                        found.name,
+                        found.issuer
+                    ),
+                ));
+                Some(found.clone())
+            }
+            Err(error) => {
+                checks.push(Check::fail(
+                    "config",
+                    error.to_string(),
+                    "pass --profile with one of the configured profiles",
+                ));
+                None
+            }
+        },
+        Err(error) => {
+            checks.push(Check::fail(
+                "config",
+                error.to_string(),
+                format!(
+                    "make `{}` a readable TOML file with a [profiles.NAME] table, or set {} to one",
+                    path.display(),
+                    config::CONFIG_ENV
+                ),
+            ));
+            None
+        }
+    };
+
+    checks.push(local::keyring());
+    checks.extend(local::runtime_folder());
+
+    let Some(profile) = profile else {
+        for name in ["identity provider", "quota backend", "clock", "aws config"] {
+            checks.push(Check::skip(name, "skipped because the config is invalid"));
+        }
+        return checks;
+    };
+    checks.extend(profile_checks(&profile).await);
+    checks
+}
+
+async fn profile_checks(profile: &Profile) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let http = match network::client() {
+        Ok(http) => http,
+        Err(error) => {
+            checks.push(Check::fail(
+                "identity provider",
+                format!("could not build an HTTP client: {error}"),
+                "report this as a bug",
+            ));
+            return checks;
+        }
+    };
+    let mut dates = Vec::new();
+    let (idp, idp_date) = network::identity_provider(&http, profile).await;
+    checks.extend(idp);
+    dates.extend(idp_date);
+    let (backend, backend_date) = network::backend(&http, profile).await;
+    checks.push(backend);
+    dates.extend(backend_date);
+    checks.push(network::clock(&dates));
+    checks.extend(aws_files::check(profile));
+    checks
+}

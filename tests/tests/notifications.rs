@@ -1,0 +1,171 @@
+//! Desktop notifications on a real notification server: dunst on a
+//! private D-Bus session bus and Xvfb display. Each threshold of each
+//! limit and period is announced once, across repeated checks and an agent
+//! restart, and the status page is opened in the browser with each notice.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use tollgate_tests::desktop::PrintedNotification;
+use tollgate_tests::{Desktop, ProfileSpec, Stack, wait_for};
+
+/// How long a notification may take to reach dunst.
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long the test waits for duplicates that must not come.
+const QUIET_PERIOD: Duration = Duration::from_secs(2);
+
+fn tollgate_notices(desktop: &Desktop) -> Vec<PrintedNotification> {
+    desktop
+        .notifications()
+        .into_iter()
+        .filter(|notice| notice.appname == "Tollgate")
+        .collect()
+}
+
+fn wait_for_notices(desktop: &Desktop, count: usize) -> Result<Vec<PrintedNotification>> {
+    wait_for(
+        &format!("{count} Tollgate notifications"),
+        NOTICE_TIMEOUT,
+        || {
+            let notices = tollgate_notices(desktop);
+            Ok((notices.len() >= count).then_some(notices))
+        },
+    )?;
+    std::thread::sleep(QUIET_PERIOD);
+    Ok(tollgate_notices(desktop))
+}
+
+fn status_page_urls(stack: &Stack) -> Vec<String> {
+    stack
+        .browser_urls()
+        .into_iter()
+        .filter(|url| url.contains("/status/"))
+        .collect()
+}
+
+#[test]
+fn each_threshold_notified_once() -> Result<()> {
+    let folder = tempfile::tempdir()?;
+    let desktop = Desktop::start(folder.path())?;
+    let mut stack = Stack::builder()
+        .login("nora")
+        .backend()
+        .env("DISPLAY", desktop.display())
+        .env("DBUS_SESSION_BUS_ADDRESS", desktop.bus_address())
+        .env("TOLLGATE_SECRET_STORE", "memory")
+        .profile(ProfileSpec::new("bedrock").quota().quota_recheck_minutes(0))
+        .start()?;
+    stack.backend().admin_ok(&[
+        "quota",
+        "set-user",
+        "nora@example.com",
+        "--monthly-limit",
+        "1M",
+        "--enforcement",
+        "block",
+    ])?;
+
+    stack
+        .backend()
+        .admin_ok(&["usage", "record", "nora@example.com", "--tokens", "850K"])?;
+    for _ in 0..3 {
+        stack.shim("bedrock")?.ensure_success("the shim at 85%")?;
+    }
+    let notices = wait_for_notices(&desktop, 1)?;
+    assert_eq!(notices.len(), 1, "one notice at 80%: {notices:?}");
+    assert!(notices[0].summary.contains("80%"), "{notices:?}");
+    assert!(notices[0].summary.contains("monthly"), "{notices:?}");
+    assert!(
+        notices[0].body.contains("850K of 1M tokens (85%)"),
+        "{notices:?}"
+    );
+    assert!(notices[0].body.contains("resets"), "{notices:?}");
+
+    stack
+        .backend()
+        .admin_ok(&["usage", "record", "nora@example.com", "--tokens", "100K"])?;
+    for _ in 0..2 {
+        stack.shim("bedrock")?.ensure_success("the shim at 95%")?;
+    }
+    let notices = wait_for_notices(&desktop, 2)?;
+    assert_eq!(notices.len(), 2, "one more notice at 90%: {notices:?}");
+    assert!(notices[1].summary.contains("90%"), "{notices:?}");
+
+    // The record of sent notices survives a restart of the agent.
+    stack.stop_agents();
+    stack
+        .shim("bedrock")?
+        .ensure_success("the shim after a restart")?;
+    std::thread::sleep(QUIET_PERIOD);
+    assert_eq!(
+        tollgate_notices(&desktop).len(),
+        2,
+        "no repeat after the restart: {:?}",
+        tollgate_notices(&desktop)
+    );
+
+    stack
+        .backend()
+        .admin_ok(&["usage", "record", "nora@example.com", "--tokens", "200K"])?;
+    for _ in 0..2 {
+        let output = stack.shim("bedrock")?;
+        assert!(!output.success(), "blocked user got credentials");
+    }
+    let notices = wait_for_notices(&desktop, 3)?;
+    assert_eq!(notices.len(), 3, "one block notice: {notices:?}");
+    assert!(notices[2].summary.contains("blocked"), "{notices:?}");
+    assert!(
+        notices[2].body.contains("1.1M of 1M tokens used (115%)"),
+        "{notices:?}"
+    );
+    assert!(notices[2].body.contains("administrator"), "{notices:?}");
+
+    // The status page opened with each notice, and only then.
+    let pages = status_page_urls(&stack);
+    assert_eq!(pages.len(), 3, "{pages:?}");
+    Ok(())
+}
+
+#[test]
+fn missing_server_never_fails_request() -> Result<()> {
+    // A session bus with no notification server on it.
+    let folder = tempfile::tempdir()?;
+    let desktop = Desktop::start(folder.path())?;
+    let bus_without_server = format!("unix:path={}", folder.path().join("no-bus").display());
+    let stack = Stack::builder()
+        .login("odin")
+        .backend()
+        .env("DISPLAY", desktop.display())
+        .env("DBUS_SESSION_BUS_ADDRESS", &bus_without_server)
+        .env("TOLLGATE_SECRET_STORE", "memory")
+        .profile(ProfileSpec::new("bedrock").quota().quota_recheck_minutes(0))
+        .start()?;
+    let backend = stack.backend();
+    backend.admin_ok(&[
+        "quota",
+        "set-user",
+        "odin@example.com",
+        "--monthly-limit",
+        "1M",
+        "--daily-limit",
+        "100K",
+        "--enforcement",
+        "alert",
+    ])?;
+    backend.admin_ok(&["usage", "record", "odin@example.com", "--tokens", "950K"])?;
+    for _ in 0..3 {
+        stack
+            .shim("bedrock")?
+            .ensure_success("the shim with no notification server")?;
+    }
+    std::thread::sleep(QUIET_PERIOD);
+    let log = stack.agent_log();
+    let warnings = log
+        .lines()
+        .filter(|line| line.contains("WARN") && line.contains("desktop notification"))
+        .count();
+    assert_eq!(warnings, 1, "the failure is logged once at warn:\n{log}");
+    assert!(tollgate_notices(&desktop).is_empty());
+    Ok(())
+}
