@@ -1,0 +1,487 @@
+//! The real Claude Code CLI (2.1.328, `tests/support/claude`) against the
+//! whole Tollgate chain, inside a network namespace that has nothing but
+//! loopback: the OIDC provider, moto_server, `tollgate serve`, the agent
+//! and a fake Bedrock runtime all run in the same namespace on 127.0.0.1.
+//!
+//! Each test re-runs itself through `run-in-netns.sh` (which needs root)
+//! and does its work only inside, where `TOLLGATE_NETNS=1`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use tollgate_tests::locate::{SHIM, binary, support_dir};
+use tollgate_tests::{ProfileSpec, Service, Stack};
+
+const MODEL: &str = "us.anthropic.claude-sonnet-4-5-20250929-v1:0";
+const REPLY: &str = "Hello from the fake Bedrock runtime for Tollgate.";
+/// Token usage the fake endpoint reports for every response, per type.
+const USAGE: [(&str, &str, u64); 4] = [
+    ("input", "--input-tokens", 37),
+    ("output", "--output-tokens", 19),
+    ("cacheRead", "--cache-read-tokens", 1234),
+    ("cacheCreation", "--cache-creation-tokens", 56),
+];
+/// Seconds one Claude Code run may take.
+const CLAUDE_TIMEOUT_SECONDS: u64 = 120;
+
+/// Runs `test` inside the loopback-only namespace. Outside, it starts this
+/// test binary again through `run-in-netns.sh` with only `name` selected
+/// and returns its result.
+fn in_namespace(name: &str, test: impl FnOnce() -> Result<()>) -> Result<()> {
+    if std::env::var("TOLLGATE_NETNS").as_deref() == Ok("1") {
+        return test();
+    }
+    if !rustix::process::getuid().is_root() {
+        bail!("the Claude Code tests need root to create a network namespace (unshare --net)");
+    }
+    let claude = support_dir().join("claude/node_modules/.bin/claude");
+    if !claude.exists() {
+        bail!(
+            "Claude Code is not installed at {}; run `npm ci` in tests/support/claude",
+            claude.display()
+        );
+    }
+    let exe = std::env::current_exe().context("failed to find the test binary")?;
+    let output = Command::new(support_dir().join("claude/run-in-netns.sh"))
+        .arg(&exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .output()
+        .context("failed to run run-in-netns.sh")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() || !stdout.contains("1 passed") {
+        bail!(
+            "{name} failed inside the namespace ({}):\n{stdout}\n{stderr}",
+            output.status
+        );
+    }
+    Ok(())
+}
+
+/// The fake Bedrock runtime and where its request log is.
+struct Bedrock {
+    _service: Service,
+    url: String,
+    request_log: PathBuf,
+}
+
+impl Bedrock {
+    fn start(dir: &Path) -> Result<Self> {
+        let request_log = dir.join("bedrock-requests.jsonl");
+        let mut command = Command::new("python3");
+        command
+            .arg(support_dir().join("bedrock/server.py"))
+            .arg("--request-log")
+            .arg(&request_log)
+            .args(["--reply", REPLY]);
+        for (_, flag, tokens) in USAGE {
+            command.args([flag, &tokens.to_string()]);
+        }
+        let (service, url) = Service::spawn_until_line(
+            "fake-bedrock",
+            command,
+            &dir.join("logs"),
+            "ready ",
+            Duration::from_secs(20),
+        )?;
+        Ok(Self {
+            _service: service,
+            url: url.trim().to_owned(),
+            request_log,
+        })
+    }
+
+    fn requests(&self) -> Result<Vec<Value>> {
+        let text = fs::read_to_string(&self.request_log).unwrap_or_default();
+        text.lines()
+            .map(|line| serde_json::from_str(line).context("a request log line is not JSON"))
+            .collect()
+    }
+}
+
+/// A Claude Code run's folders, settings and environment.
+struct ClaudeRun<'a> {
+    stack: &'a Stack,
+    bedrock: &'a Bedrock,
+    work: PathBuf,
+    settings: PathBuf,
+    extra_env: Vec<(String, String)>,
+}
+
+impl<'a> ClaudeRun<'a> {
+    fn new(stack: &'a Stack, bedrock: &'a Bedrock, settings: Value) -> Result<Self> {
+        let work = stack.dir().join("work");
+        fs::create_dir_all(&work)?;
+        let settings_path = stack.dir().join("claude-settings.json");
+        fs::write(&settings_path, serde_json::to_string_pretty(&settings)?)?;
+        // Skip the first-run theme picker and the folder trust dialog.
+        fs::write(
+            stack.home().join(".claude.json"),
+            serde_json::json!({
+                "hasCompletedOnboarding": true,
+                "theme": "dark",
+                "projects": { work.display().to_string(): { "hasTrustDialogAccepted": true } },
+            })
+            .to_string(),
+        )?;
+        Ok(Self {
+            stack,
+            bedrock,
+            work,
+            settings: settings_path,
+            extra_env: Vec::new(),
+        })
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let stack = self.stack;
+        let tmp = stack.env_var("TMPDIR").unwrap_or("/tmp").to_owned();
+        let mut env: Vec<(String, String)> = stack
+            .env()
+            .iter()
+            .filter(|(name, _)| name != "AWS_ENDPOINT_URL")
+            .cloned()
+            .collect();
+        let sts = stack.sts().url().to_owned();
+        env.extend(
+            [
+                ("TERM", "dumb"),
+                ("CLAUDE_CODE_TMPDIR", tmp.as_str()),
+                ("CLAUDE_CODE_USE_BEDROCK", "1"),
+                ("AWS_PROFILE", stack.profile("bedrock")),
+                ("AWS_ENDPOINT_URL_STS", sts.as_str()),
+                ("ANTHROPIC_BEDROCK_BASE_URL", self.bedrock.url.as_str()),
+                ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+                ("DISABLE_AUTOUPDATER", "1"),
+                ("DISABLE_TELEMETRY", "1"),
+                ("DISABLE_ERROR_REPORTING", "1"),
+                ("CLAUDE_CODE_MAX_RETRIES", "1"),
+            ]
+            .map(|(name, value)| (name.to_owned(), value.to_owned())),
+        );
+        for (name, value) in &self.extra_env {
+            env.retain(|(key, _)| key != name);
+            env.push((name.clone(), value.clone()));
+        }
+        env
+    }
+
+    /// Runs `claude -p PROMPT` and returns (success, stdout, stderr).
+    fn print_mode(&self, prompt: &str) -> Result<(bool, String, String)> {
+        let output = Command::new("timeout")
+            .arg(CLAUDE_TIMEOUT_SECONDS.to_string())
+            .arg("claude")
+            .args(["-p", prompt, "--model", MODEL, "--settings"])
+            .arg(&self.settings)
+            .env_clear()
+            .envs(self.env())
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .current_dir(&self.work)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("failed to run claude")?;
+        Ok((
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+
+    /// Starts interactive Claude Code in a private tmux server and returns
+    /// the screen, with box borders and line breaks folded into spaces,
+    /// once it contains `wanted` (or after 40 s).
+    fn interactive_screen(&self, wanted: &str) -> Result<String> {
+        // Claude Code records each awsAuthRefresh outcome here; a fresh
+        // state makes the session run the command again.
+        if let Ok(entries) = fs::read_dir(self.stack.home().join(".claude")) {
+            for entry in entries.flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".aws_auth_refresh")
+                {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        let launcher = self.stack.dir().join("run-claude.sh");
+        let mut script = String::from("#!/bin/sh\n");
+        for (name, value) in self.env() {
+            // Without an STS endpoint, Claude Code's caller identity call
+            // fails on the unresolvable public host, as in the smoke test
+            // that saw the sign-in box.
+            if name == "AWS_ENDPOINT_URL_STS" {
+                continue;
+            }
+            let value = if name == "TERM" {
+                "xterm-256color".into()
+            } else {
+                value
+            };
+            script.push_str(&format!("export {name}='{value}'\n"));
+        }
+        script.push_str(&format!(
+            "export PATH='{}'\ncd '{}'\nexec timeout {CLAUDE_TIMEOUT_SECONDS} claude --debug --model '{MODEL}' --settings '{}'\n",
+            std::env::var("PATH").unwrap_or_default(),
+            self.work.display(),
+            self.settings.display()
+        ));
+        fs::write(&launcher, script)?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&launcher, fs::Permissions::from_mode(0o755))?;
+        let socket = self.stack.dir().join("tmux.sock");
+        let tmux = |args: &[&str]| {
+            Command::new("tmux")
+                .arg("-S")
+                .arg(&socket)
+                .args(args)
+                .output()
+        };
+        let started = tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            "claude",
+            "-x",
+            "160",
+            "-y",
+            "50",
+            &launcher.display().to_string(),
+        ])
+        .context("failed to start tmux")?;
+        if !started.status.success() {
+            bail!("tmux failed: {}", String::from_utf8_lossy(&started.stderr));
+        }
+        // Type the prompt once the interface is up, as a person would.
+        std::thread::sleep(Duration::from_secs(8));
+        tmux(&["send-keys", "-t", "claude", "say hi", "Enter"])?;
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let mut screen = String::new();
+        while Instant::now() < deadline {
+            let captured = tmux(&["capture-pane", "-p", "-t", "claude"])?;
+            screen = fold_screen(&String::from_utf8_lossy(&captured.stdout));
+            if screen.contains(wanted) || screen.contains("Could not load AWS credentials") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let _ = tmux(&["kill-server"]);
+        fs::write(self.stack.dir().join("screen.txt"), &screen)?;
+        Ok(screen)
+    }
+}
+
+/// Folds a terminal screen into one line: box-drawing characters and line
+/// breaks become spaces, and runs of spaces one space.
+fn fold_screen(screen: &str) -> String {
+    let replaced: String = screen
+        .chars()
+        .map(|c| {
+            if ('\u{2500}'..='\u{257f}').contains(&c) || c == '\n' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    replaced.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn shim_command(stack: &Stack, extra: &str) -> Result<String> {
+    Ok(format!(
+        "{} --profile {}{extra}",
+        binary(SHIM)?.display(),
+        stack.profile("bedrock")
+    ))
+}
+
+fn agent_command(stack: &Stack, args: &str) -> Result<String> {
+    Ok(format!(
+        "{} {args} --profile {}",
+        stack
+            .env_var("TOLLGATE_AGENT_BIN")
+            .context("the stack names the agent binary")?,
+        stack.profile("bedrock")
+    ))
+}
+
+fn claude_stack(login: &str) -> Result<Stack> {
+    Stack::builder()
+        .login(login)
+        .backend()
+        .profile(
+            ProfileSpec::new("bedrock")
+                .quota()
+                .quota_recheck_minutes(0)
+                .set("support_contact", "#ai-platform"),
+        )
+        .start()
+}
+
+#[test]
+fn claude_code_blocked_then_unblocked() -> Result<()> {
+    in_namespace("claude_code_blocked_then_unblocked", || {
+        let stack = claude_stack("cleo")?;
+        let bedrock = Bedrock::start(stack.dir())?;
+        let run = ClaudeRun::new(
+            &stack,
+            &bedrock,
+            serde_json::json!({ "awsAuthRefresh": agent_command(&stack, "refresh")? }),
+        )?;
+        let backend = stack.backend();
+        backend.admin_ok(&[
+            "quota",
+            "set-user",
+            "cleo@example.com",
+            "--monthly-limit",
+            "1M",
+            "--enforcement",
+            "block",
+        ])?;
+
+        // Allowed: Claude Code's requests are signed with the agent's key.
+        let (ok, stdout, stderr) = run.print_mode("say hi")?;
+        assert!(ok, "claude failed while allowed:\n{stdout}\n{stderr}");
+        assert!(stdout.contains(REPLY), "{stdout}");
+        let key = stack.shim("bedrock")?.json()?["AccessKeyId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let requests = bedrock.requests()?;
+        assert!(requests.len() >= 2, "{requests:?}");
+        for request in &requests {
+            assert_eq!(request["access_key_id"], key.as_str(), "{request}");
+            assert_eq!(request["signed_service"], "bedrock", "{request}");
+        }
+
+        // Blocked: the next session fails, and the interactive session
+        // shows the quota explanation from the awsAuthRefresh command.
+        backend.admin_ok(&["usage", "record", "cleo@example.com", "--tokens", "2M"])?;
+        let before = bedrock.requests()?.len();
+        let (ok, stdout, _) = run.print_mode("say hi again")?;
+        assert!(!ok, "claude succeeded while blocked: {stdout}");
+        assert!(
+            stdout.contains("Could not load AWS credentials"),
+            "{stdout}"
+        );
+        let streamed = bedrock.requests()?[before..]
+            .iter()
+            .filter(|request| request["operation"] == "invoke-with-response-stream")
+            .count();
+        assert_eq!(streamed, 0, "no model request while blocked");
+
+        // An interactive session runs the awsAuthRefresh command, which
+        // hands Claude Code the quota explanation. NOTE: in these runs
+        // Claude Code 2.1.328 ran the command once, at session start
+        // before its interface was drawn, and never showed the sign-in box,
+        // so the output is checked in Claude Code's --debug log, not on the
+        // screen (saved as screen.txt).
+        let screen = run.interactive_screen("blocked by your Tollgate quota")?;
+        assert!(
+            screen.contains("Could not load AWS credentials")
+                || screen.contains("blocked by your Tollgate quota"),
+            "{screen}"
+        );
+        let debug_log = fs::read_to_string(stack.home().join(".claude/debug/latest"))
+            .context("Claude Code wrote no --debug log")?;
+        // The command's output follows this line, as one quoted string or
+        // as one line per output line.
+        let refresh_output = debug_log
+            .lines()
+            .skip_while(|line| !line.contains("Running AWS auth refresh command"))
+            .skip(1)
+            .take(8)
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            refresh_output.contains("Claude Code is blocked by your Tollgate quota"),
+            "{refresh_output}"
+        );
+        assert!(
+            refresh_output.contains("the monthly limit is reached: 2M of 1M tokens used"),
+            "{refresh_output}"
+        );
+        assert!(refresh_output.contains("#ai-platform"), "{refresh_output}");
+
+        // Unblocked: the next session works with no cleanup.
+        backend.admin_ok(&[
+            "quota",
+            "unblock",
+            "cleo@example.com",
+            "--duration",
+            "24h",
+            "--reason",
+            "demo day",
+        ])?;
+        let (ok, stdout, stderr) = run.print_mode("say hi after the unblock")?;
+        assert!(ok, "claude failed after the unblock:\n{stdout}\n{stderr}");
+        assert!(stdout.contains(REPLY), "{stdout}");
+        Ok(())
+    })
+}
+
+#[test]
+fn claude_code_usage_counted() -> Result<()> {
+    in_namespace("claude_code_usage_counted", || {
+        let stack = claude_stack("dara")?;
+        let bedrock = Bedrock::start(stack.dir())?;
+        let mut run = ClaudeRun::new(
+            &stack,
+            &bedrock,
+            serde_json::json!({ "otelHeadersHelper": shim_command(&stack, " --otel-headers")? }),
+        )?;
+        let metrics = format!("{}/v1/metrics", stack.backend().url());
+        run.extra_env = [
+            ("CLAUDE_CODE_ENABLE_TELEMETRY", "1"),
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", metrics.as_str()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .to_vec();
+        // The header helper never logs in, so log in first.
+        stack.shim("bedrock")?.ensure_success("the first login")?;
+        let (ok, stdout, stderr) = run.print_mode("say hi")?;
+        assert!(ok, "claude failed:\n{stdout}\n{stderr}");
+
+        stack
+            .shim("bedrock")?
+            .ensure_success("a re-check after the session")?;
+        let status =
+            stack.agent_cli(&["status", "--profile", stack.profile("bedrock"), "--json"])?;
+        let answer = status.json()?[0]["last_quota"].clone();
+        let weights: Vec<(String, f64)> = answer["usage"]["counted_types"]
+            .as_array()
+            .context("the answer lists counted types")?
+            .iter()
+            .map(|counted| {
+                (
+                    counted["type"].as_str().unwrap_or_default().to_owned(),
+                    counted["weight"].as_f64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let expected: f64 = USAGE
+            .iter()
+            .map(|(kind, _, tokens)| {
+                let weight = weights
+                    .iter()
+                    .find(|(name, _)| name == kind)
+                    .map_or(0.0, |(_, weight)| *weight);
+                weight * *tokens as f64
+            })
+            .sum();
+        assert!(expected > 0.0, "some token type counts: {answer}");
+        assert_eq!(
+            answer["usage"]["monthly"]["tokens"].as_u64(),
+            Some(expected.round() as u64),
+            "the backend counted Claude Code's own usage: {answer}"
+        );
+        Ok(())
+    })
+}
