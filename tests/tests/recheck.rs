@@ -163,3 +163,41 @@ fn status_shows_usage_bars() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn hourly_recheck_boto3_spawns_once() -> Result<()> {
+    // A 60-minute re-check and 60-minute credentials: the reported
+    // Expiration is the STS expiry, so botocore runs the shim once for ten
+    // calls on one session.
+    let stack = Stack::builder()
+        .login("vito")
+        .backend()
+        .profile(
+            ProfileSpec::new("bedrock")
+                .quota()
+                .quota_recheck_minutes(60)
+                .session_duration_minutes(60)
+                .count_shim_spawns(),
+        )
+        .start()?;
+    let profile = stack.profile("bedrock");
+    let script = format!(
+        r#"
+import json, boto3
+session = boto3.Session(profile_name="{profile}")
+sts = session.client("sts")
+arns = [sts.get_caller_identity()["Arn"] for _ in range(10)]
+print(json.dumps({{"arns": arns}}))
+"#
+    );
+    let output = stack.python(&script)?;
+    output.ensure_success("boto3 script")?;
+    let arns = output.json()?["arns"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(arns.len(), 10);
+    assert_eq!(stack.shim_spawns("bedrock"), 1, "credential_process runs");
+    assert_eq!(stack.sts_assume_role_calls(), 1);
+    Ok(())
+}

@@ -957,3 +957,41 @@ async fn trace_log_has_no_secrets() {
         assert!(!log.contains(secret), "`{secret}` is in the log:\n{log}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wake_past_expiry_refreshes_once() {
+    // A machine that slept past both the credentials' expiry and the
+    // re-check: every caller that wakes up at once shares one quota check
+    // and one STS call.
+    let quota = FakeQuota::start(QuotaReply::Answer(Box::new(answer(true))));
+    let fixture = Arc::new(Fixture::new(&config_text(Some(&quota.url), 30, "closed")));
+    fixture.seed_login().await;
+    credentials(fixture.get_credentials().await);
+    {
+        let config = fixture.agent.config.current().unwrap();
+        let state = fixture
+            .agent
+            .profile_state(config.profile("bedrock").unwrap())
+            .await;
+        let mut session = state.session();
+        if let Some(credentials) = session.stored.credentials.as_mut() {
+            credentials.expiration = Utc::now() - Duration::hours(2);
+        }
+        session.last_quota_check = Some(Utc::now() - Duration::hours(3));
+    }
+    let calls_before = quota.calls.load(Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let fixture = fixture.clone();
+        tasks.push(tokio::spawn(async move {
+            credentials(fixture.get_credentials().await)
+        }));
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    for task in tasks {
+        keys.insert(task.await.unwrap().access_key_id);
+    }
+    assert_eq!(keys.into_iter().collect::<Vec<_>>(), ["ASIAFAKE2"]);
+    assert_eq!(fixture.sts.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(quota.calls.load(Ordering::SeqCst) - calls_before, 1);
+}
