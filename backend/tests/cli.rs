@@ -745,6 +745,9 @@ fn store_location_flag_env_and_default() {
 #[test]
 fn list_warns_without_policies() {
     let fixture = Fixture::new();
+    // Read commands need an existing store, so create one and empty it.
+    fixture.ok(&["quota", "set-group", "eng", "--monthly-limit", "5M"]);
+    fixture.ok(&["quota", "delete", "group", "eng", "--force"]);
     let output = fixture.ok(&["quota", "list"]);
     assert!(output.stdout.contains("No policies."), "{}", output.stdout);
     assert!(

@@ -3,7 +3,7 @@
 
 use tollgate_quota::format_amount;
 
-use super::open_store;
+use super::open_existing_store;
 use crate::cli::{StoreArgs, output, table, user_error};
 use crate::store::{AuditEntry, Store};
 
@@ -27,7 +27,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
     if args.limit == 0 {
         return Err(user_error("--limit 0 shows nothing; use 1 or more"));
     }
-    let (store, _) = open_store(&args.store)?;
+    let (store, _) = open_existing_store(&args.store)?;
     let entries: Vec<AuditEntry> = match &args.target {
         // The log of a few thousand users fits in memory, and the filter
         // must see every entry, not only the newest `limit`.

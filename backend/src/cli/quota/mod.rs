@@ -127,6 +127,20 @@ pub(super) fn open_store(args: &StoreArgs) -> anyhow::Result<(SqliteStore, PathB
     Ok((store, path))
 }
 
+/// Opens the store file for a read command, which must not create it: a
+/// missing file is a user error, usually a mistyped `--db` or
+/// `TOLLGATE_DB`.
+pub(super) fn open_existing_store(args: &StoreArgs) -> anyhow::Result<(SqliteStore, PathBuf)> {
+    let path = args.path()?;
+    if !path.exists() {
+        return Err(user_error(format!(
+            "no store at {}; check --db or TOLLGATE_DB",
+            path.display()
+        )));
+    }
+    open_store(args)
+}
+
 /// Builds an audit entry for a change made now by the local user.
 pub(super) fn audit_entry(action: &str, target: String, detail: serde_json::Value) -> AuditEntry {
     AuditEntry {
@@ -184,7 +198,7 @@ async fn list(
     as_json: bool,
     store_args: &StoreArgs,
 ) -> anyhow::Result<()> {
-    let (store, _) = open_store(store_args)?;
+    let (store, _) = open_existing_store(store_args)?;
     let all = store.list_policies().await?;
     let policies: Vec<&Policy> = all
         .iter()

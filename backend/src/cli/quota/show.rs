@@ -15,7 +15,7 @@ use tollgate_quota::{
     TokenUsage, decide, display_amount, format_amount, parse_group_claim,
 };
 
-use super::{open_store, settings};
+use super::{open_existing_store, settings};
 use crate::cli::usage::parse_time;
 use crate::cli::{DeploymentArgs, StoreArgs, identity, output, table, user_error};
 use crate::store::{PolicyKey, Store};
@@ -117,7 +117,7 @@ pub(super) async fn evaluate(
 
 async fn evaluate_query(query: &UserQuery) -> anyhow::Result<Evaluation> {
     let identity = identity::parse_user(&query.email, &query.deployment).map_err(user_error)?;
-    let (store, _) = open_store(&query.store)?;
+    let (store, _) = open_existing_store(&query.store)?;
     let at = query.at.unwrap_or_else(Utc::now);
     evaluate(
         &store,

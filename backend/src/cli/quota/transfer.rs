@@ -30,7 +30,7 @@ use tollgate_quota::{
 };
 
 use super::settings::{describe_limits, parse_burst_arg};
-use super::{audit_entry, describe_key, open_store, parse_kind_arg};
+use super::{audit_entry, describe_key, open_existing_store, open_store, parse_kind_arg};
 use crate::cli::{DeploymentArgs, StoreArgs, identity, output, user_error};
 use crate::store::{PolicyChange, PolicyKey, Store};
 
@@ -197,7 +197,7 @@ struct ExportFile {
 
 pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let format = Format::resolve(args.format, args.file.as_deref())?;
-    let (store, _) = open_store(&args.store)?;
+    let (store, _) = open_existing_store(&args.store)?;
     let policies = store.list_policies().await?;
     let rows: Vec<ExportRow> = policies
         .iter()
