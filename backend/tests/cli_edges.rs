@@ -125,3 +125,30 @@ fn read_commands_need_an_existing_store() {
     assert!(fixture.db.exists(), "a write command creates the store");
     fixture.ok(&["quota", "list"]);
 }
+
+#[test]
+fn usage_record_rejects_overflow() {
+    let fixture = Fixture::new();
+    let max = i64::MAX.to_string();
+    let user = "big@example.com";
+    fixture.ok(&["quota", "set-user", user, "--monthly-limit", "5M"]);
+    fixture.ok(&["usage", "record", user, "--tokens", &max]);
+
+    let output = fixture.run(&["usage", "record", user, "--tokens", &max]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("record fewer tokens"),
+        "the message gives the fix: {stderr}"
+    );
+    let output = fixture.run(&["usage", "record", user, "--tokens", "1"]);
+    assert_eq!(output.status.code(), Some(1), "one more token is rejected too");
+
+    let output = fixture.ok(&["quota", "usage", user, "--json"]);
+    let usage: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("usage prints JSON");
+    assert!(
+        usage.to_string().contains(&max),
+        "the total stays at i64::MAX: {usage}"
+    );
+}

@@ -73,6 +73,22 @@ pub async fn run(command: UsageCommand) -> anyhow::Result<()> {
     let at = at.unwrap_or_else(Utc::now);
     let store = SqliteStore::open(&store.path()?)?;
 
+    // The store saturates a counter at i64::MAX instead of failing, so
+    // reject a correction that would pass it while the admin can still
+    // act on the message.
+    let recorded = store.usage(&user, at).await?;
+    let current = recorded
+        .daily
+        .get(token_type)
+        .max(recorded.monthly.get(token_type));
+    let limit = i64::MAX.unsigned_abs();
+    if current.checked_add(tokens).is_none_or(|total| total > limit) {
+        return Err(user_error(format!(
+            "cannot record {tokens} {token_type} tokens for {user}: {current} are already \
+             recorded and the maximum per counter is {limit}; record fewer tokens"
+        )));
+    }
+
     let event = UsageEvent {
         user: user.clone(),
         at,

@@ -334,8 +334,27 @@ fn read_counters(
     period: &str,
 ) -> rusqlite::Result<Vec<(String, i64)>> {
     let mut statement = connection.prepare_cached(sql)?;
-    let rows = statement.query_map(params![user, period], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let rows = statement.query_map(params![user, period], |row| {
+        Ok((row.get(0)?, counter_value(row.get_ref(1)?)?))
+    })?;
     rows.collect()
+}
+
+/// Reads a usage counter. A counter that overflowed into a REAL, which a
+/// writer without saturating arithmetic can leave, reads as i64::MAX so
+/// that checks keep working for that user.
+fn counter_value(value: rusqlite::types::ValueRef<'_>) -> rusqlite::Result<i64> {
+    use rusqlite::types::ValueRef;
+    match value {
+        ValueRef::Integer(tokens) => Ok(tokens),
+        // `as` saturates, so any REAL of 2^63 or more becomes i64::MAX.
+        ValueRef::Real(tokens) => Ok(tokens as i64),
+        other => Err(rusqlite::Error::InvalidColumnType(
+            1,
+            "tokens".to_owned(),
+            other.data_type(),
+        )),
+    }
 }
 
 fn counters_to_usage(counters: Vec<(String, i64)>) -> StoreResult<TokenUsage> {
@@ -478,14 +497,20 @@ impl Store for SqliteStore {
                     return Ok(false);
                 }
             }
+            // The counters saturate at i64::MAX, because SQLite turns an
+            // integer sum that overflows into a REAL.
             transaction.execute(
                 "INSERT INTO usage_daily (user, day, token_type, tokens) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (user, day, token_type) DO UPDATE SET tokens = tokens + excluded.tokens",
+                 ON CONFLICT (user, day, token_type) DO UPDATE SET tokens = CASE
+                     WHEN tokens > 9223372036854775807 - excluded.tokens THEN 9223372036854775807
+                     ELSE tokens + excluded.tokens END",
                 params![user, day, token_type, tokens],
             )?;
             transaction.execute(
                 "INSERT INTO usage_monthly (user, month, token_type, tokens) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (user, month, token_type) DO UPDATE SET tokens = tokens + excluded.tokens",
+                 ON CONFLICT (user, month, token_type) DO UPDATE SET tokens = CASE
+                     WHEN tokens > 9223372036854775807 - excluded.tokens THEN 9223372036854775807
+                     ELSE tokens + excluded.tokens END",
                 params![user, month, token_type, tokens],
             )?;
             transaction.commit()?;

@@ -19,6 +19,7 @@ use crate::ingest::batch::{CumulativeValue, PointValue, UsageBatch, UsagePoint};
 /// Runs every case against `store`, which must start empty.
 pub async fn run_all(store: Arc<dyn Store>) {
     empty_store_has_nothing(store.as_ref()).await;
+    usage_saturates_at_i64_max(store.as_ref()).await;
     policies_round_trip(store.as_ref()).await;
     policies_list_in_kind_order(store.as_ref()).await;
     policies_lookup_by_keys(store.as_ref()).await;
@@ -401,6 +402,36 @@ pub async fn usage_dedup_key_counts_once(store: &dyn Store) {
         .expect("usage");
     assert_eq!(totals.daily.input, 84, "two distinct events, one duplicate");
     assert_eq!(totals.monthly.input, 84, "monthly matches daily");
+}
+
+/// Checks that usage past i64::MAX stays at i64::MAX, the largest count
+/// SQLite stores as an integer, and that reads keep working.
+pub async fn usage_saturates_at_i64_max(store: &dyn Store) {
+    let user = "saturated@example.com";
+    let max = i64::MAX.unsigned_abs();
+    for _ in 0..2 {
+        store
+            .add_usage(&event(user, "2026-07-01T10:00:00Z", TokenType::Input, max))
+            .await
+            .expect("an add past i64::MAX is accepted");
+    }
+    store
+        .add_usage(&event(user, "2026-07-01T11:00:00Z", TokenType::Input, 1))
+        .await
+        .expect("an add to a saturated counter is accepted");
+    store
+        .add_usage(&event(user, "2026-07-01T11:00:00Z", TokenType::Output, 3))
+        .await
+        .expect("another token type is counted apart");
+
+    let totals = store
+        .usage(user, at("2026-07-01T12:00:00Z"))
+        .await
+        .expect("usage of a saturated counter reads");
+    assert_eq!(totals.daily.input, max, "daily input saturates");
+    assert_eq!(totals.monthly.input, max, "monthly input saturates");
+    assert_eq!(totals.daily.output, 3, "daily output is exact");
+    assert_eq!(totals.monthly.output, 3, "monthly output is exact");
 }
 
 /// Checks that concurrent adds from many tasks are all counted.
