@@ -207,5 +207,40 @@ if ((status == 0)); then
   exit 1
 fi
 
+# --- Usage ingest (Claude Code's OpenTelemetry metrics) -------------------
+# The backend comes back on the same database. The demo user's Claude
+# Code-shaped usage goes to POST /v1/metrics through the OpenTelemetry SDK,
+# with the ID token from the shim's --otel-headers, past a block-mode daily
+# limit, and the next AWS CLI call through the shim is refused.
+
+heading "Restarting the backend for usage ingest"
+"$bin/tollgate" serve --listen 127.0.0.1:0 --issuer "$issuer" --audience tollgate-cli \
+  --port-file "$work/backend/port2" >"$work/logs/backend2.log" 2>&1 &
+pids+=($!)
+wait_until "the backend's port file" 30 grep -q ':' "$work/backend/port2"
+backend_url="http://$(cat "$work/backend/port2")"
+write_agent_config 0 closed
+note "tollgate serve at $backend_url; quota_recheck_minutes = 0"
+"$bin/tollgate" quota set-user "$user" --monthly-limit 225M --daily-limit 10K \
+  --daily-enforcement block
+
+heading "Exporting the demo user's token usage over OTLP"
+otel_headers="$("$bin/tollgate-credential-process" --profile demo --otel-headers)"
+otel_token="$(python3 -c 'import json, sys; print(json.load(sys.stdin)["Authorization"].split(" ", 1)[1])' <<<"$otel_headers")"
+note "otelHeadersHelper output: {\"Authorization\": \"Bearer <ID token of $user>\"}"
+"$venv_bin/python" backend/tests/otel_export.py --endpoint "$backend_url/v1/metrics" \
+  --token "$otel_token" --protocol protobuf --rounds 1 --fixed-value 3000 >/dev/null
+note "exported claude_code.token.usage: input, output, cacheRead, cacheCreation 3,000 each"
+
+heading "aws sts get-caller-identity --profile demo (over the daily limit)"
+status=0
+aws sts get-caller-identity --profile demo --output json 2>"$work/logs/aws-refused.log" || status=$?
+sed 's/^/   /' "$work/logs/aws-refused.log"
+note "exit status $status"
+if ((status == 0)); then
+  echo "demo: the AWS CLI got credentials past the daily limit" >&2
+  exit 1
+fi
+
 heading "Done"
 note "every process started here is stopped on exit"
