@@ -129,23 +129,33 @@ impl Desktop {
 }
 
 /// Reads the `appname`, `summary` and `body` fields of each block that
-/// `dunst -print` writes (one `{ ... }` block per notification, values in
-/// single quotes).
+/// `dunst -print` writes: one `{ ... }` block per notification, values in
+/// single quotes, and nested `{ ... }` lists (such as `urls`) inside.
 fn parse_dunst_print(log: &str) -> Vec<PrintedNotification> {
     let mut found = Vec::new();
     let mut current: Option<PrintedNotification> = None;
+    let mut depth = 0usize;
     for line in log.lines() {
         let line = line.trim();
-        if line == "{" {
-            current = Some(PrintedNotification {
-                appname: String::new(),
-                summary: String::new(),
-                body: String::new(),
-            });
+        if line.ends_with('{') {
+            depth += 1;
+            if depth == 1 {
+                current = Some(PrintedNotification {
+                    appname: String::new(),
+                    summary: String::new(),
+                    body: String::new(),
+                });
+            }
             continue;
         }
         if line == "}" {
-            found.extend(current.take());
+            depth = depth.saturating_sub(1);
+            if depth == 0 {
+                found.extend(current.take());
+            }
+            continue;
+        }
+        if depth != 1 {
             continue;
         }
         let Some(notification) = current.as_mut() else {
@@ -171,7 +181,7 @@ mod tests {
 
     #[test]
     fn dunst_blocks_parsed() {
-        let log = "{\n    appname: 'Tollgate'\n    summary: '80% used'\n    body: 'resets soon'\n    urgency: NORMAL\n}\n{\n    appname: 'other'\n";
+        let log = "{\n    appname: 'Tollgate'\n    summary: '80% used'\n    body: 'resets soon'\n    urgency: NORMAL\n    urls:\n    {\n        http://127.0.0.1:5/device\n    }\n    actions: {}\n}\n{\n    appname: 'other'\n";
         let found = parse_dunst_print(log);
         assert_eq!(
             found,

@@ -6,8 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use notify_rust::{Notification, Timeout, Urgency};
 
-use super::Notice;
-
 /// Shows notifications on background threads. A notification that cannot
 /// be shown (no session bus, no notification server) is logged at warn
 /// once and at debug afterwards; it never fails a request.
@@ -17,24 +15,25 @@ pub struct Desktop {
 }
 
 impl Desktop {
-    pub fn show(&self, notice: Notice) {
+    /// Shows a notification; `critical` marks a block.
+    pub fn show(&self, summary: String, body: String, critical: bool) {
         let failure_logged = self.failure_logged.clone();
         std::thread::spawn(move || {
-            let urgency = if notice.blocked {
+            let urgency = if critical {
                 Urgency::Critical
             } else {
                 Urgency::Normal
             };
             let result = Notification::new()
                 .appname("Tollgate")
-                .summary(&notice.summary)
-                .body(&notice.body)
+                .summary(&summary)
+                .body(&body)
                 .urgency(urgency)
                 .timeout(Timeout::Milliseconds(20_000))
                 .show();
             match result {
                 Ok(_) => {
-                    tracing::debug!(summary = %notice.summary, "showed a desktop notification")
+                    tracing::debug!(%summary, "showed a desktop notification")
                 }
                 Err(error) => {
                     if failure_logged.swap(true, Ordering::Relaxed) {

@@ -203,7 +203,8 @@ impl Notices {
         }
         for notice in &notices {
             tracing::info!(profile = %profile.name, user = %answer.user, period = %notice.key.period, threshold = notice.key.threshold, "showing a quota notice");
-            self.desktop.show(notice.clone());
+            self.desktop
+                .show(notice.summary.clone(), notice.body.clone(), notice.blocked);
         }
         if self.session.is_desktop() {
             match self.page.url() {
@@ -218,6 +219,19 @@ impl Notices {
                 "not opening the status page outside a desktop session"
             );
         }
+    }
+}
+
+impl Notices {
+    /// Shows the device code login's instructions (the verification URL
+    /// and the user code) as a notification, for users who do not watch
+    /// the terminal that started the request.
+    pub fn show_login_prompt(&self, profile: &str, message: &str) {
+        self.desktop.show(
+            format!("Tollgate login for profile {profile}"),
+            message.to_string(),
+            false,
+        );
     }
 }
 

@@ -303,8 +303,9 @@ impl Agent {
         device_code: bool,
     ) -> Result<IdentityTokens, AgentError> {
         let result = if device_code {
+            let progress = self.tee_to_notices(profile, progress);
             self.oidc
-                .device_login(profile, progress, &self.shutdown)
+                .device_login(profile, &progress, &self.shutdown)
                 .await
         } else {
             login::interactive_login(
@@ -324,6 +325,29 @@ impl Agent {
         })?;
         self.store_tokens(profile, state, tokens.clone()).await;
         Ok(tokens)
+    }
+
+    /// Returns a progress sink that also shows each note carrying a URL as
+    /// a desktop notification, when notices are set up.
+    fn tee_to_notices(&self, profile: &Profile, progress: &Progress) -> Progress {
+        let Some(notices) = self.notices.clone() else {
+            return progress.clone();
+        };
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        let original = progress.clone();
+        let name = profile.name.clone();
+        // The task ends when the login drops the returned sink.
+        tokio::spawn(async move {
+            while let Some(response) = receiver.recv().await {
+                if let Response::Progress { message, url } = response {
+                    if url.is_some() {
+                        notices.show_login_prompt(&name, &message);
+                    }
+                    original.send(message, url);
+                }
+            }
+        });
+        Progress::new(sender)
     }
 
     /// Stores new tokens. When the identity differs from the previous one,
