@@ -75,7 +75,7 @@ fn string_attribute(key: &str, value: &str) -> KeyValue {
     }
 }
 
-/// A data point of `claude_code.token.usage`.
+/// Builds a data point of `claude_code.token.usage`.
 fn point(token_type: &str, end: &str, value: number_data_point::Value) -> NumberDataPoint {
     NumberDataPoint {
         attributes: vec![
@@ -280,7 +280,7 @@ async fn sample_json_and_gzip_count_like_protobuf() {
 }
 
 #[tokio::test]
-async fn point_counts_in_the_day_of_its_end_time() {
+async fn point_counts_in_end_time_day() {
     let fixture = Fixture::start().await;
     let body = token_usage(vec![
         point("output", "2025-01-31T23:59:59.999Z", double(100.0)),
@@ -367,7 +367,7 @@ async fn payload_email_never_decides_the_user() {
 }
 
 #[tokio::test]
-async fn missing_or_invalid_token_gets_401_and_changes_nothing() {
+async fn invalid_token_records_nothing() {
     let fixture = Fixture::start().await;
     let other_key = SigningKey::rsa("rsa-1");
     let forged = other_key.sign(&claims(&fixture.issuer.url, "eve@example.com"));

@@ -1,5 +1,5 @@
-//! Property tests of the ingest decode path: arbitrary bytes and mutated
-//! valid bodies, in protobuf, JSON and gzip, never panic; they decode to a
+//! Property tests of the ingest decode path. Arbitrary bytes and mutated
+//! valid bodies, in protobuf, JSON and gzip, never panic: they decode to a
 //! request or fail with a 4xx error.
 
 use std::io::Write;

@@ -1,7 +1,8 @@
 //! Usage ingest with the real OpenTelemetry Python SDK as the exporter and
-//! `tollgate serve` as a process: stored totals equal what was exported,
-//! parallel exporters give exact totals, and a webhook receiver gets one
-//! alert per threshold and period across repeated ingests and a restart.
+//! `tollgate serve` as a process. Stored totals equal what was exported,
+//! and parallel exporters give exact totals. A webhook receiver gets one
+//! alert per threshold and period across repeated ingests, a restart and
+//! two servers on one store.
 //!
 //! The SDK comes from the virtual environment of scripts/install-deps.sh
 //! (`TOLLGATE_VENV`, default `/var/cache/tollgate/venv`).
@@ -56,6 +57,12 @@ struct Server {
 
 impl Server {
     fn start(folder: &Path, issuer: &str, extra: &[&str]) -> Self {
+        Self::start_on(folder, &folder.join("tollgate.db"), issuer, extra)
+    }
+
+    /// Starts a server on the store file `db`, with its port file and log in
+    /// `folder`.
+    fn start_on(folder: &Path, db: &Path, issuer: &str, extra: &[&str]) -> Self {
         let port_file = folder.join("port");
         let _ = std::fs::remove_file(&port_file);
         let log = folder.join(format!("serve-{}.log", Utc::now().timestamp_micros()));
@@ -63,7 +70,7 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0", "--port-file"])
             .arg(&port_file)
             .args(extra)
-            .env("TOLLGATE_DB", folder.join("tollgate.db"))
+            .env("TOLLGATE_DB", db)
             .env("TOLLGATE_ISSUER", issuer)
             .env("TOLLGATE_AUDIENCE", AUDIENCE)
             .env("TOLLGATE_LOG", "info,tollgate_backend=debug")
@@ -547,4 +554,74 @@ async fn past_usage_raises_no_alert_today() {
         .filter(|key| key.contains("/daily/"))
         .collect();
     assert!(daily.is_empty(), "no daily alert today: {daily:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_raise_each_alert_once() {
+    let fixture = Fixture::start().await;
+    let receiver = Receiver::start(0).await;
+    let user = "sam@example.com";
+    let first = fixture.serve(&["--alert-webhook", &receiver.url]);
+    // The second server's port file goes to its own folder; both share the
+    // store file.
+    let second_folder = fixture.folder.path().join("second");
+    std::fs::create_dir_all(&second_folder).expect("the folder is created");
+    let second = Server::start_on(
+        &second_folder,
+        &fixture.db(),
+        &fixture.issuer.url,
+        &["--alert-webhook", &receiver.url],
+    );
+    put_daily_block_policy(&fixture.db(), user, 10_000).await;
+
+    // 8 exporters, 4 per server, each 1,600 tokens: 12,800 in all.
+    let mut tasks = Vec::new();
+    for exporter in 0..8 {
+        let endpoint = if exporter % 2 == 0 {
+            first.endpoint()
+        } else {
+            second.endpoint()
+        };
+        let token = fixture.token(user);
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let session = format!("session-{exporter}");
+            export(
+                &endpoint,
+                &token,
+                &[
+                    "--rounds",
+                    "4",
+                    "--fixed-value",
+                    "100",
+                    "--session",
+                    &session,
+                ],
+            )
+        }));
+    }
+    for task in tasks {
+        task.await.expect("an exporter task finishes");
+    }
+    let keys = receiver.wait_for(3, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut keys_after = receiver.keys();
+    keys_after.sort();
+    let day = Utc::now().format("%Y-%m-%d").to_string();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert_eq!(
+        keys_after,
+        [
+            format!("{user}/daily/{day}/limit"),
+            format!("{user}/daily/{day}/threshold-80"),
+            format!("{user}/daily/{day}/threshold-90"),
+        ],
+        "each alert once across both servers:\n{}\n{}",
+        first.log(),
+        second.log()
+    );
+    let store = SqliteStore::open(&fixture.db()).expect("the store opens");
+    let usage = store.usage(user, Utc::now()).await.expect("usage reads");
+    assert_eq!(usage.daily.input + usage.daily.output, 6_400);
+    assert_eq!(usage.daily.cache_read + usage.daily.cache_creation, 6_400);
+    assert_eq!(store.alerts(Some(user)).await.expect("alerts").len(), 3);
 }

@@ -11,6 +11,9 @@
 //! The load generator runs in the same process as the issuer and shares
 //! the machine's cores with the server.
 
+// The measurement is printed for `--nocapture`.
+#![allow(clippy::print_stdout)]
+
 mod support;
 
 use std::path::Path;

@@ -1,11 +1,11 @@
 """Export Claude Code-shaped token usage with the OpenTelemetry Python SDK.
 
 The ingest tests run this with the virtual environment from
-scripts/install-deps.sh. It records `claude_code.token.usage` on a counter,
-as Claude Code does (attribute `type` in input, output, cacheRead,
-cacheCreation, and `model`), and exports it with delta temporality through
-the real OTLP/HTTP exporter, protobuf or JSON, with the bearer token in
-the Authorization header. Each round is one export request.
+scripts/install-deps.sh. It records `claude_code.token.usage` on a counter
+as Claude Code does, with the attribute `type` (input, output, cacheRead,
+cacheCreation) and `model`. The real OTLP/HTTP exporter, protobuf or JSON,
+sends it with delta temporality and the bearer token in the Authorization
+header. Each round is one export request.
 
 It prints one JSON object: the tokens it recorded per "model/type", and
 the result of every export. It exits 1 when an export failed.

@@ -4,6 +4,8 @@
 //! call for that user is refused once a block-mode daily limit is crossed.
 //! The lag from export to refusal is printed (run with `--nocapture`).
 
+#![allow(clippy::print_stdout)]
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};

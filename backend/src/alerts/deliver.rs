@@ -6,8 +6,8 @@
 //! several processes on one store do not send the same alert at once),
 //! POSTs each, and records the outcome. A sender stopped between the POST
 //! and the record sends that alert again once the lease expires, so the
-//! webhook may rarely see an alert twice; its `alert.dedup_key` identifies
-//! repeats.
+//! webhook may rarely receive an alert twice. Its `alert.dedup_key`
+//! identifies repeats.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +55,7 @@ pub struct WebhookSettings {
     pub lease: Duration,
     /// The wait after the first failure; it doubles after each failure.
     pub first_retry: Duration,
-    /// The longest wait between two attempts.
+    /// The maximum wait between two attempts.
     pub max_retry: Duration,
     /// Attempts after which an alert is abandoned.
     pub max_attempts: u32,

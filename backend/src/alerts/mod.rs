@@ -3,7 +3,7 @@
 //! period, its text, and the sinks that send it (the log and a webhook).
 //!
 //! The store evaluates [`AlertRule`] inside the transaction that records
-//! the usage, so exactly one batch sees each crossing, and it inserts the
+//! the usage, so each crossing belongs to exactly one batch. It inserts the
 //! alert only when its [`AlertRecord::dedup_key`] is new. Alerts are raised
 //! only for the UTC day and month containing the arrival time: a late
 //! point for an earlier period still counts there, but raises nothing, and
@@ -21,7 +21,7 @@ use tollgate_quota::{
     newly_crossed, percent_of,
 };
 
-/// How the store evaluates alerts for one batch.
+/// The settings of alert evaluation for one batch.
 #[derive(Debug, Clone)]
 pub struct AlertRule {
     /// The policy that applies to the batch's user.

@@ -2,10 +2,10 @@
 //! cumulative series and per-model totals, and the one-transaction batch
 //! write behind `SqliteStore::record_usage_points`.
 //!
-//! A batch is one `BEGIN IMMEDIATE` transaction with prepared statements:
-//! `INSERT OR IGNORE` of each point's identity decides whether it is new,
-//! the new points' tokens are summed in memory per day, month, type and
-//! model, and each sum is one UPSERT on the counters. Alerts are evaluated
+//! A batch is one `BEGIN IMMEDIATE` transaction with prepared statements.
+//! An `INSERT OR IGNORE` of each point's identity decides whether it is
+//! new. The new points' tokens are summed in memory per day, month, type
+//! and model, and each sum is one UPSERT on the counters. Alerts are evaluated
 //! and inserted before the commit, so a crossing is seen by exactly one
 //! batch even with several processes on one file.
 

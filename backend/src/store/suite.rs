@@ -801,6 +801,22 @@ pub async fn usage_point_alerts_raise_once(store: &dyn Store) {
             .is_empty(),
         "alerts: per user"
     );
+
+    // The limit is raised to 2,000, so 1,160 tokens are 58 %. Crossing 80 %
+    // of the new limit has the same key as before, so it raises nothing.
+    let mut raised_limit = rule.clone();
+    raised_limit.policy.daily_limit = Some(2000);
+    let mut batch = usage_batch(
+        user,
+        vec![usage_point(25, &when, "input", "m", PointValue::Delta(500))],
+    );
+    batch.alerting = Some(raised_limit);
+    let outcome = store.record_usage_points(&batch).await.expect("record");
+    assert!(
+        outcome.alerts.is_empty(),
+        "alerts: a known key is not raised again: {:?}",
+        outcome.alerts
+    );
 }
 
 /// Checks the webhook outbox: claimed alerts are leased, a retry comes
