@@ -995,3 +995,33 @@ async fn wake_past_expiry_refreshes_once() {
     assert_eq!(fixture.sts.calls.load(Ordering::SeqCst), 2);
     assert_eq!(quota.calls.load(Ordering::SeqCst) - calls_before, 1);
 }
+
+#[tokio::test]
+async fn info_log_quiet_per_request() {
+    // With the per-request line at info, this test measured 335,000 bytes
+    // for the 1000 requests; lifecycle events only must add nothing.
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(crate::logging::filter(None, "info"))
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let quota = FakeQuota::start(QuotaReply::Answer(Box::new(answer(true))));
+    let fixture = Fixture::new(&config_text(Some(&quota.url), 30, "closed"));
+    fixture.seed_login().await;
+    credentials(fixture.get_credentials().await);
+    let after_first = captured.0.lock().unwrap().len();
+    for _ in 0..1000 {
+        credentials(fixture.get_credentials().await);
+    }
+    let after_thousand = captured.0.lock().unwrap().len();
+    assert!(after_first > 0, "the role assumption is logged at info");
+    assert_eq!(
+        after_thousand - after_first,
+        0,
+        "1000 cached requests wrote info lines: {}",
+        String::from_utf8_lossy(&captured.0.lock().unwrap()[after_first..])
+    );
+}
