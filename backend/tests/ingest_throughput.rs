@@ -259,7 +259,7 @@ async fn ingest_throughput() {
     store_throughput().await;
 }
 
-/// The store's batch write alone, without HTTP, tokens or decoding.
+/// Measures the store's batch write alone, without HTTP, tokens or decoding.
 async fn store_throughput() {
     let folder = tempfile::tempdir().expect("a temporary folder");
     let store = SqliteStore::open(&folder.path().join("store.db")).expect("the store opens");

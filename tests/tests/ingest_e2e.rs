@@ -1,7 +1,7 @@
-//! Usage ingest through the whole chain: the shim's `--otel-headers` gets
-//! the ID token from the agent, the OpenTelemetry Python SDK exports
-//! Claude Code-shaped usage with it to `tollgate serve`, and the next shim
-//! call for that user is refused once a block-mode daily limit is crossed.
+//! Usage ingest through the whole chain. The shim's `--otel-headers` gets
+//! the ID token from the agent, and the OpenTelemetry Python SDK exports
+//! Claude Code-shaped usage with it to `tollgate serve`. Once a block-mode
+//! daily limit is crossed, the next shim call for that user is refused.
 //! The lag from export to refusal is printed (run with `--nocapture`).
 
 #![allow(clippy::print_stdout)]
