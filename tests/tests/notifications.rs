@@ -5,8 +5,11 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result};
 use tollgate_tests::desktop::PrintedNotification;
+use tollgate_tests::locate::{SHIM, binary, support_dir};
 use tollgate_tests::{Desktop, ProfileSpec, Stack, wait_for};
 
 /// How long a notification may take to reach dunst.
@@ -167,5 +170,62 @@ fn missing_server_never_fails_request() -> Result<()> {
         .count();
     assert_eq!(warnings, 1, "the failure is logged once at warn:\n{log}");
     assert!(tollgate_notices(&desktop).is_empty());
+    Ok(())
+}
+
+#[test]
+fn device_code_shown_as_notification() -> Result<()> {
+    let folder = tempfile::tempdir()?;
+    let desktop = Desktop::start(folder.path())?;
+    let stack = Stack::builder()
+        .login("pavo")
+        .env("DISPLAY", desktop.display())
+        .env("DBUS_SESSION_BUS_ADDRESS", desktop.bus_address())
+        .env("TOLLGATE_SECRET_STORE", "memory")
+        .profile(ProfileSpec::new("bedrock").set("login", "device-code"))
+        .start()?;
+    let mut shim = stack.command(binary(SHIM)?);
+    shim.args(["--profile", stack.profile("bedrock")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let shim = shim.spawn().context("failed to start the shim")?;
+
+    // The person reads the URL and the code from the notification.
+    let notice = wait_for("the login notification", NOTICE_TIMEOUT * 4, || {
+        Ok(tollgate_notices(&desktop)
+            .into_iter()
+            .find(|notice| notice.summary.contains("Tollgate login")))
+    })
+    .with_context(|| std::fs::read_to_string(desktop.dunst_log_path()).unwrap_or_default())?;
+    let words: Vec<&str> = notice.body.split_whitespace().collect();
+    let url = words
+        .iter()
+        .find(|word| word.starts_with("http") && word.contains("/device"))
+        .context("the notification names the verification URL")?
+        .to_string();
+    let code = words
+        .last()
+        .context("the notification ends with the code")?
+        .to_string();
+    let confirmed = Command::new(support_dir().join("device-login"))
+        .arg(&url)
+        .arg(&code)
+        .env("TOLLGATE_TEST_LOGIN", "pavo")
+        .output()
+        .context("failed to run tests/support/device-login")?;
+    assert!(
+        confirmed.status.success(),
+        "device-login failed: {}",
+        String::from_utf8_lossy(&confirmed.stderr)
+    );
+
+    let output = shim.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the shim failed: {stderr}");
+    assert!(
+        stderr.contains(&code),
+        "the shim's stderr shows the code too: {stderr}"
+    );
+    assert!(stack.browser_urls().is_empty(), "no browser was opened");
     Ok(())
 }
