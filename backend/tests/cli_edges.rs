@@ -142,7 +142,11 @@ fn usage_record_rejects_overflow() {
         "the message gives the fix: {stderr}"
     );
     let output = fixture.run(&["usage", "record", user, "--tokens", "1"]);
-    assert_eq!(output.status.code(), Some(1), "one more token is rejected too");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "one more token is rejected too"
+    );
 
     let output = fixture.ok(&["quota", "usage", user, "--json"]);
     let usage: serde_json::Value =

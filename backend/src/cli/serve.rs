@@ -1,9 +1,9 @@
-//! `tollgate serve`: opens the store, prepares token validation, starts
-//! the alert webhook sender when configured, and runs the HTTP API until
-//! SIGINT or SIGTERM.
+//! `tollgate serve`: binds the listening address, opens the store, prepares
+//! token validation, starts the alert webhook sender when configured, and
+//! runs the HTTP API until SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -20,8 +20,15 @@ use tokio::sync::Notify;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// The address to listen on; port 0 picks a free port (see --port-file).
-    #[arg(long, env = "TOLLGATE_LISTEN", default_value = "127.0.0.1:8080")]
+    /// The address to listen on, as IP:PORT (localhost:PORT means
+    /// 127.0.0.1:PORT); port 0 picks a free port (see --port-file).
+    #[arg(
+        long,
+        env = "TOLLGATE_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_name = "IP:PORT",
+        value_parser = parse_listen
+    )]
     listen: SocketAddr,
 
     #[command(flatten)]
@@ -130,8 +137,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .filter(|claim| !claim.is_empty())
         .collect();
 
+    // Bind first, so that a busy port is reported before the store is
+    // migrated and the issuer contacted.
+    let listener = bind_listener(args.listen).await?;
+
     let db_path = args.store.path()?;
-    let store = SqliteStore::open(&db_path)?;
+    let store = open_store_file(&db_path)?;
     tracing::info!(path = %db_path.display(), "opened the SQLite store");
 
     let validator =
@@ -172,9 +183,130 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         store,
         counting: Arc::new(counting),
     };
-    let listener = server::bind(args.listen, args.port_file.as_deref()).await?;
+    if let Some(port_file) = &args.port_file {
+        let bound = listener
+            .local_addr()
+            .context("cannot read the bound address of the listening socket")?;
+        server::write_port_file(port_file, bound)?;
+    }
     let app = server::router_with_ingest(state, ingest);
     server::serve(listener, app, server::shutdown_signal()).await
+}
+
+/// Parses --listen: an IP:PORT address, or localhost:PORT for
+/// 127.0.0.1:PORT.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Some(port) = text.strip_prefix("localhost:")
+        && let Ok(port) = port.parse::<u16>()
+    {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse()
+        .map_err(|_| format!("invalid address {text:?}: use IP:PORT such as 127.0.0.1:8080"))
+}
+
+/// Binds the listening socket, with advice that matches the failure.
+async fn bind_listener(address: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use std::io::ErrorKind;
+
+    let error = match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => return Ok(listener),
+        Err(error) => error,
+    };
+    let advice = match error.kind() {
+        ErrorKind::AddrInUse => format!(
+            "another process is listening on port {}; stop it or choose another port with \
+             --listen, such as {}:0 for any free port",
+            address.port(),
+            address.ip()
+        ),
+        ErrorKind::AddrNotAvailable => format!(
+            "{} is not an address of this machine; use 127.0.0.1, 0.0.0.0 or the address \
+             of one of its network interfaces with --listen",
+            address.ip()
+        ),
+        ErrorKind::PermissionDenied => format!(
+            "port {} needs extra privileges; choose a port of 1024 or more with --listen",
+            address.port()
+        ),
+        _ => "choose another address with --listen".to_owned(),
+    };
+    Err(user_error(format!(
+        "cannot listen on {address}: {error}; {advice}"
+    )))
+}
+
+/// Opens the store file, and when that fails, names the path, the cause
+/// and the fix.
+fn open_store_file(path: &Path) -> anyhow::Result<SqliteStore> {
+    match SqliteStore::open(path) {
+        Ok(store) => Ok(store),
+        Err(error) => match diagnose_store_path(path) {
+            Some(cause) => Err(user_error(format!(
+                "cannot open the store {}: {cause}; pass another store file with --db or \
+                 TOLLGATE_DB",
+                path.display()
+            ))),
+            None => Err(anyhow::Error::new(error)
+                .context("pass another store file with --db or TOLLGATE_DB if this one is wrong")),
+        },
+    }
+}
+
+/// Finds why the store file at `path` cannot be opened: a folder in its
+/// place, a file in place of a parent folder, or missing permissions.
+fn diagnose_store_path(path: &Path) -> Option<String> {
+    use std::io::ErrorKind;
+
+    if path.is_dir() {
+        return Some(format!(
+            "{} is a folder, not a file; name a file inside it, such as {}",
+            path.display(),
+            path.join("tollgate.db").display()
+        ));
+    }
+    let existing = path.ancestors().skip(1).find(|ancestor| ancestor.exists());
+    if let Some(ancestor) = existing
+        && !ancestor.as_os_str().is_empty()
+        && !ancestor.is_dir()
+    {
+        return Some(format!(
+            "{} is a file, so it cannot contain the store",
+            ancestor.display()
+        ));
+    }
+    if path.exists() {
+        let access = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path);
+        return match access {
+            Err(error) if error.kind() == ErrorKind::PermissionDenied => Some(format!(
+                "permission denied: the server needs read and write access to {}",
+                path.display()
+            )),
+            _ => None,
+        };
+    }
+    // The file is missing, so try to create it as SQLite would, and remove
+    // it again.
+    let folder = existing?;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(path);
+            None
+        }
+        Err(error) if error.kind() == ErrorKind::PermissionDenied => Some(format!(
+            "permission denied: cannot create files in the folder {}",
+            folder.display()
+        )),
+        Err(_) => None,
+    }
 }
 
 /// Parses --alert-webhook: an http or https URL.

@@ -82,7 +82,10 @@ pub async fn run(command: UsageCommand) -> anyhow::Result<()> {
         .get(token_type)
         .max(recorded.monthly.get(token_type));
     let limit = i64::MAX.unsigned_abs();
-    if current.checked_add(tokens).is_none_or(|total| total > limit) {
+    if current
+        .checked_add(tokens)
+        .is_none_or(|total| total > limit)
+    {
         return Err(user_error(format!(
             "cannot record {tokens} {token_type} tokens for {user}: {current} are already \
              recorded and the maximum per counter is {limit}; record fewer tokens"

@@ -83,7 +83,7 @@ pub async fn bind(address: SocketAddr, port_file: Option<&Path>) -> anyhow::Resu
 
 /// Writes the bound address through a temporary file and a rename, so a
 /// reader polling for the file never reads it half-written.
-fn write_port_file(path: &Path, bound: SocketAddr) -> anyhow::Result<()> {
+pub fn write_port_file(path: &Path, bound: SocketAddr) -> anyhow::Result<()> {
     let mut temporary = PathBuf::from(path);
     temporary.as_mut_os_string().push(".tmp");
     std::fs::write(&temporary, bound.to_string())
