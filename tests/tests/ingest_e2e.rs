@@ -159,3 +159,42 @@ fn otel_headers_never_start_a_login() -> Result<()> {
     assert_eq!(check.status, 200, "{}", check.text);
     Ok(())
 }
+
+/// Returns the `exp` claim of a JWT, in seconds since the epoch.
+fn expiry(token: &str) -> Result<i64> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).context("a JWT has a payload")?;
+    let claims: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?)?;
+    claims["exp"].as_i64().context("the token has an exp claim")
+}
+
+#[test]
+fn otel_headers_token_is_fresh() -> Result<()> {
+    let stack = Stack::builder()
+        .login("quin")
+        .id_token_ttl(20)
+        .backend()
+        .profile(ProfileSpec::new("bedrock").quota())
+        .start()?;
+    stack.shim("bedrock")?.ensure_success("the shim logs in")?;
+    let first = bearer_token(&stack.shim_with_args("bedrock", &["--otel-headers"])?)?;
+    std::thread::sleep(Duration::from_secs(21));
+
+    let output = stack.shim_with_args("bedrock", &["--otel-headers"])?;
+    output.ensure_success("--otel-headers after the ID token expired")?;
+    let second = bearer_token(&output)?;
+    let now = chrono::Utc::now().timestamp();
+    assert_ne!(first, second, "a new ID token after the old one expired");
+    assert!(
+        expiry(&second)? > now,
+        "the token expires in the future: {} <= {now}",
+        expiry(&second)?
+    );
+    assert_eq!(
+        stack.browser_urls().len(),
+        1,
+        "renewed without a browser login"
+    );
+    Ok(())
+}
