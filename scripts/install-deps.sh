@@ -24,7 +24,7 @@ log() { printf 'install-deps: %s\n' "$*" >&2; }
 apt_packages=(
   gnome-keyring dbus dbus-x11 libsecret-tools keyutils
   libnotify-bin dunst xvfb chromium hyperfine
-  nodejs npm python3-minimal python3-venv util-linux curl
+  nodejs npm python3-minimal python3-venv util-linux curl tmux iproute2
 )
 
 install_apt_packages() {
@@ -97,6 +97,7 @@ install_apt_packages
 install_venv
 install_npm_folder oidc
 install_npm_folder js
+install_npm_folder claude
 install_nextest
 
 echo "$venv/bin"

@@ -6,10 +6,8 @@
 //! Each test re-runs itself through `run-in-netns.sh` (which needs root)
 //! and does its work only inside, where `TOLLGATE_NETNS=1`.
 //!
-//! The tests are ignored by default because `scripts/install-deps.sh` does
-//! not install Claude Code (about 360 MB). Run them as root with
-//! `(cd tests/support/claude && npm ci)` done, then
-//! `cargo test -p tollgate-tests --test claude_code -- --ignored`.
+//! `scripts/install-deps.sh` installs Claude Code (about 360 MB) in
+//! `tests/support/claude`, and the tests need root for the namespace.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -56,7 +54,6 @@ fn in_namespace(name: &str, test: impl FnOnce() -> Result<()>) -> Result<()> {
         .args([
             name,
             "--exact",
-            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -334,7 +331,6 @@ fn claude_stack(login: &str) -> Result<Stack> {
 }
 
 #[test]
-#[ignore = "needs root and Claude Code (npm ci in tests/support/claude)"]
 fn claude_code_blocked_then_unblocked() -> Result<()> {
     in_namespace("claude_code_blocked_then_unblocked", || {
         let stack = claude_stack("cleo")?;
@@ -437,7 +433,6 @@ fn claude_code_blocked_then_unblocked() -> Result<()> {
 }
 
 #[test]
-#[ignore = "needs root and Claude Code (npm ci in tests/support/claude)"]
 fn claude_code_usage_counted() -> Result<()> {
     in_namespace("claude_code_usage_counted", || {
         let stack = claude_stack("dara")?;
