@@ -282,11 +282,7 @@ fn default_login_timeout() -> i64 {
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let raw: RawFile = toml::from_str(text).map_err(|error| ConfigError::Syntax {
         path: path.to_path_buf(),
-        cause: error.message().to_string()
-            + &error
-                .span()
-                .map(|span| format!(" (at byte {})", span.start))
-                .unwrap_or_default(),
+        cause: describe_toml_error(text, &error),
     })?;
     if raw.profiles.is_empty() {
         return Err(ConfigError::NoProfiles {
@@ -306,6 +302,100 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         profiles,
     })
+}
+
+/// Describes a TOML or type error in user words, with the line and column,
+/// the profile and the key where the error is.
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim();
+    let Some(span) = error.span() else {
+        return message.to_string();
+    };
+    let offset = span.start.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |index| index + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line_end = text[offset..]
+        .find('\n')
+        .map_or(text.len(), |index| offset + index);
+    let line_text = &text[line_start..line_end];
+
+    // The profile is the last [profiles.NAME] header at or before the error.
+    let profile = text[..line_end]
+        .lines()
+        .filter_map(|text_line| {
+            let header = text_line.trim().strip_prefix("[profiles.")?;
+            let name = header.strip_suffix(']')?.trim().trim_matches('"');
+            Some(name.to_string())
+        })
+        .next_back();
+    let key = line_text
+        .split_once('=')
+        .map(|(key, _)| key.trim().trim_matches('"').to_string())
+        .filter(|key| !key.is_empty() && !key.starts_with('['));
+
+    let mut location = format!("line {line}, column {column}");
+    if let Some(profile) = &profile {
+        location.push_str(&format!(": profile `{profile}`"));
+    }
+    let plain = match &key {
+        Some(key) => describe_type_error(key, message),
+        None => None,
+    };
+    let plain = plain.or_else(|| {
+        let field = message
+            .strip_prefix("missing field `")?
+            .split('`')
+            .next()?
+            .to_string();
+        Some(format!(
+            "`{field}` is missing; add it to the profile, for example {}",
+            example_setting(&field)
+        ))
+    });
+    format!(
+        "{location}: {}",
+        plain.unwrap_or_else(|| message.to_string())
+    )
+}
+
+/// Rewords serde's "invalid type: ..., expected ..." for `key`.
+fn describe_type_error(key: &str, message: &str) -> Option<String> {
+    let rest = message.strip_prefix("invalid type: ")?;
+    let (found, expected) = rest.split_once(", expected ")?;
+    let requirement = if expected.starts_with('i') || expected.starts_with('u') {
+        "a whole number"
+    } else if expected.contains("string") {
+        "text in double quotes"
+    } else if expected.contains("sequence") {
+        "a list such as [\"openid\", \"email\"]"
+    } else if expected.contains("bool") {
+        "true or false"
+    } else {
+        expected
+    };
+    Some(format!("`{key}` must be {requirement}, not {found}"))
+}
+
+/// An example line for a required key, used when the key is missing.
+fn example_setting(key: &str) -> String {
+    match key {
+        "issuer" => "issuer = \"https://login.example.com\"".to_string(),
+        "client_id" => "client_id = \"tollgate-cli\"".to_string(),
+        "role_arn" => "role_arn = \"arn:aws:iam::123456789012:role/ClaudeCodeBedrock\"".to_string(),
+        "region" => "region = \"us-east-1\"".to_string(),
+        other => format!("{other} = ..."),
+    }
+}
+
+/// An example URL that fits `key`, for error messages.
+fn example_url(key: &str) -> &'static str {
+    match key {
+        "quota_url" => "https://quota.example.com",
+        "sts_endpoint" => "https://sts.us-east-1.amazonaws.com",
+        _ => "https://login.example.com",
+    }
 }
 
 fn validate_profile(name: &str, raw: RawProfile) -> Result<Profile, String> {
@@ -402,7 +492,10 @@ fn in_range(key: &str, value: i64, min: i64, max: i64, fix: &str) -> Result<i64,
 
 fn parse_http_url(key: &str, value: &str) -> Result<(), String> {
     let url = Url::parse(value).map_err(|error| {
-        format!("`{key}` = \"{value}\" is not a valid URL ({error}); use a full URL such as \"https://login.example.com\"")
+        format!(
+            "`{key}` = \"{value}\" is not a valid URL ({error}); use a full URL such as \"{}\"",
+            example_url(key)
+        )
     })?;
     if url.scheme() != "https" && url.scheme() != "http" {
         return Err(format!(
@@ -412,7 +505,8 @@ fn parse_http_url(key: &str, value: &str) -> Result<(), String> {
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(format!(
-            "`{key}` = \"{value}\" has no host; use a full URL such as \"https://login.example.com\""
+            "`{key}` = \"{value}\" has no host; use a full URL such as \"{}\"",
+            example_url(key)
         ));
     }
     Ok(())
@@ -654,7 +748,79 @@ fail_mode = "closed"
             "role_arn = \"arn:aws:iam::123456789012:role/ClaudeCodeBedrock\"\n",
             "",
         );
-        assert!(message.contains("missing field `role_arn`"), "{message}");
+        assert!(message.contains("profile `bedrock`"), "{message}");
+        assert!(message.contains("`role_arn` is missing"), "{message}");
+        assert!(
+            message.contains("role_arn = \"arn:aws:iam::"),
+            "gives an example: {message}"
+        );
+        assert!(message.contains("line "), "{message}");
+    }
+
+    #[test]
+    fn type_error_names_line_profile_key() {
+        let message = error_for("redirect_port = 8400", "redirect_port = \"8400\"");
+        assert!(
+            message.starts_with("`/home/x/.config/tollgate/agent.toml`"),
+            "names the file: {message}"
+        );
+        // VALID starts with a blank line, so redirect_port is on line 5
+        // and its value starts at column 17.
+        assert!(
+            message.contains("line 5, column 17: profile `bedrock`:"),
+            "names the line, column and profile: {message}"
+        );
+        assert!(
+            message.contains("`redirect_port` must be a whole number"),
+            "names the key in user words: {message}"
+        );
+        assert!(!message.contains("i64"), "no Rust type names: {message}");
+    }
+
+    #[test]
+    fn type_error_in_second_profile() {
+        let text = format!(
+            "{VALID}\n[profiles.other]\nissuer = \"http://127.0.0.1:9400\"\nclient_id = 5\n"
+        );
+        let message = parse(&path(), &text).unwrap_err().to_string();
+        let line = text
+            .lines()
+            .position(|line| line.starts_with("client_id = 5"))
+            .expect("the bad line")
+            + 1;
+        assert!(
+            message.contains(&format!("line {line}, column 13: profile `other`:")),
+            "{message}"
+        );
+        assert!(
+            message.contains("`client_id` must be text in double quotes"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn scopes_must_be_a_list() {
+        let message = error_for("fail_mode = \"closed\"", "scopes = \"openid\"");
+        assert!(message.contains("`scopes` must be a list"), "{message}");
+    }
+
+    #[test]
+    fn url_examples_match_the_key() {
+        let message = error_for("\"http://127.0.0.1:8080\"", "\"quota\"");
+        assert!(
+            message.contains("such as \"https://quota.example.com\""),
+            "{message}"
+        );
+        let message = error_for("\"http://127.0.0.1:5000\"", "\"sts\"");
+        assert!(
+            message.contains("such as \"https://sts.us-east-1.amazonaws.com\""),
+            "{message}"
+        );
+        let message = error_for("\"http://127.0.0.1:9400\"", "\"login\"");
+        assert!(
+            message.contains("such as \"https://login.example.com\""),
+            "{message}"
+        );
     }
 
     #[test]
