@@ -128,6 +128,12 @@ impl KeySource {
         })
     }
 
+    /// Returns when the current key set was downloaded, which identifies
+    /// it: each download replaces the set.
+    pub fn key_set_version(&self) -> Option<Instant> {
+        self.snapshot().fetched_at
+    }
+
     fn snapshot(&self) -> Arc<KeySet> {
         Arc::clone(
             &self

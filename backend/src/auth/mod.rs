@@ -9,6 +9,7 @@
 
 pub mod claims;
 pub mod jwks;
+pub mod verified;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,6 +157,7 @@ impl AuthError {
 pub struct TokenValidator {
     config: AuthConfig,
     keys: KeySource,
+    verified: verified::VerifiedTokens,
 }
 
 impl TokenValidator {
@@ -166,7 +168,11 @@ impl TokenValidator {
         // backend as well. A second install fails harmlessly.
         let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
         let keys = KeySource::new(&config)?;
-        Ok(Self { config, keys })
+        Ok(Self {
+            config,
+            keys,
+            verified: verified::VerifiedTokens::default(),
+        })
     }
 
     /// Returns the settings this validator uses.
@@ -183,9 +189,16 @@ impl TokenValidator {
             .map_err(|error| AuthError::IssuerUnavailable(error.to_string()))
     }
 
-    /// Validates `token` and returns the identity it carries.
+    /// Validates `token` and returns the identity it carries. A token that
+    /// passed before is taken from the [`verified`] cache until it expires
+    /// or the issuer's key set is downloaded again.
     pub async fn validate(&self, token: &Secret) -> Result<Caller, AuthError> {
         let token = token.expose();
+        let digest = verified::token_digest(token);
+        let now = chrono::Utc::now().timestamp();
+        if let Some(caller) = self.verified.get(&digest, now, self.keys.key_set_version()) {
+            return Ok(caller);
+        }
         let algorithm = read_algorithm(token)?;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|error| AuthError::Malformed(error.to_string()))?;
@@ -208,9 +221,18 @@ impl TokenValidator {
         validation.set_audience(&[&self.config.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
 
+        let key_set = self.keys.key_set_version();
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
             .map_err(|error| self.map_decode_error(error.into_kind()))?;
-        claims::caller_from_claims(&data.claims, &self.config)
+        let caller = claims::caller_from_claims(&data.claims, &self.config)?;
+        // `exp` is required and was checked, so it is a number here.
+        if let Some(expires) = data.claims.get("exp").and_then(Value::as_i64) {
+            let leeway = i64::try_from(self.config.leeway.as_secs()).unwrap_or(i64::MAX);
+            let valid_until = expires.saturating_add(leeway);
+            self.verified
+                .insert(digest, caller.clone(), valid_until, key_set);
+        }
+        Ok(caller)
     }
 
     fn map_decode_error(&self, kind: ErrorKind) -> AuthError {

@@ -23,7 +23,8 @@ pub async fn check(
     let user = caller.identity.as_str();
 
     // Only the policies that can apply: the user's, their groups' and the
-    // default. Each is a primary-key lookup.
+    // default. Each is a primary-key lookup, and the store reads them with
+    // the usage and the unblock in one call.
     let mut keys = Vec::with_capacity(caller.groups.len() + 2);
     keys.push(PolicyKey::new(PolicyKind::User, user));
     keys.extend(
@@ -34,18 +35,16 @@ pub async fn check(
     );
     keys.push(PolicyKey::new(PolicyKind::Default, DEFAULT_IDENTIFIER));
 
-    let policies = state.store.policies(&keys).await?;
-    let usage = state.store.usage(user, now).await?;
-    let unblock = state.store.unblock(user).await?;
+    let snapshot = state.store.check_snapshot(&keys, user, now).await?;
 
     let decision = decide(&CheckInput {
         identity: &caller.identity,
         groups: &caller.groups,
-        policies: &policies,
-        daily_usage: usage.daily,
-        monthly_usage: usage.monthly,
+        policies: &snapshot.policies,
+        daily_usage: snapshot.usage.daily,
+        monthly_usage: snapshot.usage.monthly,
         counting: &state.counting,
-        unblock: unblock.as_ref(),
+        unblock: snapshot.unblock.as_ref(),
         now,
     });
     let answer = decision.answer;

@@ -123,6 +123,17 @@ pub enum PolicyChange {
     Delete(PolicyKey),
 }
 
+/// Everything a quota check reads about one user, from
+/// [`Store::check_snapshot`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CheckSnapshot {
+    /// The policies that exist among the requested keys.
+    pub policies: Vec<Policy>,
+    pub usage: UsageTotals,
+    /// The user's latest unblock, expired or not.
+    pub unblock: Option<UnblockGrant>,
+}
+
 /// Persistent state of the quota backend.
 ///
 /// Implementations must be safe to share between request handlers. Every
@@ -212,4 +223,21 @@ pub trait Store: Send + Sync {
         changes: &[PolicyChange],
         audit: &[AuditEntry],
     ) -> StoreResult<()>;
+
+    /// Reads what a quota check needs in one round trip: the policies that
+    /// exist among `keys`, the user's totals for the UTC day and month
+    /// containing `at`, and the user's latest unblock. The default makes
+    /// the three separate calls; stores override it to read in one go.
+    async fn check_snapshot(
+        &self,
+        keys: &[PolicyKey],
+        user: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<CheckSnapshot> {
+        Ok(CheckSnapshot {
+            policies: self.policies(keys).await?,
+            usage: self.usage(user, at).await?,
+            unblock: self.unblock(user).await?,
+        })
+    }
 }

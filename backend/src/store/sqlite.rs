@@ -2,21 +2,24 @@
 //! admin CLI on one machine.
 //!
 //! One connection behind a mutex serves every call, run on Tokio's blocking
-//! pool. The file is in WAL mode with a busy timeout, so the CLI can write
-//! while the server reads. The schema is created and migrated on open; the
+//! pool, except the check's reads, which use a small set of read-only
+//! connections. The file is in WAL mode with a busy timeout, so the CLI can
+//! write while the server reads. The schema is created and migrated on open; the
 //! `schema_version` table records which migrations ran.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tollgate_quota::{Identity, Period, Policy, TokenType, TokenUsage, UnblockGrant};
 
 use super::{
-    AuditEntry, PolicyChange, PolicyKey, Store, StoreError, StoreResult, UsageEvent, UsageTotals,
+    AuditEntry, CheckSnapshot, PolicyChange, PolicyKey, Store, StoreError, StoreResult, UsageEvent,
+    UsageTotals,
 };
 use crate::alerts::AlertRecord;
 use crate::alerts::deliver::{AlertDelivery, DeliveryOutcome};
@@ -95,6 +98,9 @@ const POLICY_SQL: &str = "SELECT body FROM policies WHERE kind = ?1 AND id = ?2"
 pub struct SqliteStore {
     path: PathBuf,
     connection: Arc<Mutex<Connection>>,
+    /// Read-only connections for the check's reads (see [`SqliteStore::read`]).
+    readers: Arc<Vec<Mutex<Connection>>>,
+    next_reader: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -171,10 +177,74 @@ impl SqliteStore {
         restrict_permissions(path);
 
         migrate(&mut connection, path)?;
+        let reader_count = std::thread::available_parallelism().map_or(2, |count| count.get().max(2));
+        let mut readers = Vec::with_capacity(reader_count);
+        for _ in 0..reader_count {
+            let reader = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(sqlite_error("opening a read-only connection"))?;
+            reader
+                .busy_timeout(BUSY_TIMEOUT)
+                .map_err(sqlite_error("setting the busy timeout"))?;
+            readers.push(Mutex::new(reader));
+        }
         Ok(Self {
             path: path.to_owned(),
             connection: Arc::new(Mutex::new(connection)),
+            readers: Arc::new(readers),
+            next_reader: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Runs the read-only `work` on a free reader connection on the calling
+    /// thread, or on the blocking pool when every reader is busy.
+    ///
+    /// The check's reads are a few primary-key lookups that take
+    /// microseconds once the pages are cached, less than handing them to
+    /// the blocking pool and back: with one hand-off per read, thread
+    /// switches took about a quarter of the server's CPU samples in a perf
+    /// profile of `backend/benches/check.sh`. WAL readers do not wait for
+    /// the writer.
+    /// NOTE: a read from a cold disk cache blocks the async worker thread
+    /// for the duration of the read.
+    async fn read<T, F>(&self, operation: &'static str, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let backend_error = |source: rusqlite::Error| StoreError::Backend {
+            backend: "SQLite",
+            operation,
+            source: Box::new(source),
+        };
+        let count = self.readers.len();
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        for offset in 0..count {
+            let guard = match self.readers[(start + offset) % count].try_lock() {
+                Ok(guard) => guard,
+                // A panic during an earlier read leaves the connection usable.
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => continue,
+            };
+            return work(&guard).map_err(backend_error);
+        }
+
+        let readers = Arc::clone(&self.readers);
+        let result = tokio::task::spawn_blocking(move || {
+            let guard = readers[start % count]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            work(&guard)
+        })
+        .await
+        .map_err(|join_error| StoreError::Backend {
+            backend: "SQLite",
+            operation,
+            source: Box::new(join_error),
+        })?;
+        result.map_err(backend_error)
     }
 
     /// Returns the store file's path.
@@ -755,6 +825,77 @@ impl Store for SqliteStore {
             transaction.commit()
         })
         .await
+    }
+
+    async fn check_snapshot(
+        &self,
+        keys: &[PolicyKey],
+        user: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<CheckSnapshot> {
+        let identity =
+            Identity::parse(user).map_err(|error| StoreError::InvalidInput(error.to_string()))?;
+        let keys: Vec<(&'static str, String)> = keys
+            .iter()
+            .map(|key| (key.kind_name(), key.identifier.clone()))
+            .collect();
+        let user = user.to_owned();
+        let (day, month) = (Period::Daily.key(at), Period::Monthly.key(at));
+        type UnblockRow = (String, String, String, String);
+        let (bodies, daily, monthly, unblock) = self
+            .read("reading a check snapshot", move |connection| {
+                // One read transaction: a consistent snapshot, and one
+                // shared lock instead of one per statement.
+                let transaction = connection.unchecked_transaction()?;
+                let connection = &*transaction;
+                let mut statement = connection.prepare_cached(POLICY_SQL)?;
+                let mut bodies: Vec<String> = Vec::with_capacity(keys.len());
+                for (kind, id) in &keys {
+                    if let Some(body) = statement
+                        .query_row(params![kind, id], |row| row.get(0))
+                        .optional()?
+                    {
+                        bodies.push(body);
+                    }
+                }
+                let daily = read_counters(connection, DAILY_USAGE_SQL, &user, &day)?;
+                let monthly = read_counters(connection, MONTHLY_USAGE_SQL, &user, &month)?;
+                let unblock: Option<UnblockRow> = connection
+                    .prepare_cached(
+                        "SELECT expires_at, granted_by, granted_at, reason FROM unblocks
+                         WHERE user = ?1",
+                    )?
+                    .query_row(params![user], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                    })
+                    .optional()?;
+                drop(statement);
+                transaction.commit()?;
+                Ok((bodies, daily, monthly, unblock))
+            })
+            .await?;
+        let unblock = unblock
+            .map(|(expires_at, granted_by, granted_at, reason)| {
+                Ok::<_, StoreError>(UnblockGrant {
+                    identity,
+                    expires_at: parse_timestamp(&expires_at, "unblock expiry")?,
+                    granted_by,
+                    granted_at: parse_timestamp(&granted_at, "unblock grant time")?,
+                    reason,
+                })
+            })
+            .transpose()?;
+        Ok(CheckSnapshot {
+            policies: bodies
+                .iter()
+                .map(|body| decode_policy(body))
+                .collect::<StoreResult<_>>()?,
+            usage: UsageTotals {
+                daily: counters_to_usage(daily)?,
+                monthly: counters_to_usage(monthly)?,
+            },
+            unblock,
+        })
     }
 }
 

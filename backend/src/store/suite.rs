@@ -31,6 +31,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     unblocks_round_trip(store.as_ref()).await;
     audit_log_reads_newest_first(store.as_ref()).await;
     policy_changes_apply_together(store.as_ref()).await;
+    check_snapshot_matches_single_reads(store.as_ref()).await;
     usage_points_count_once(store.as_ref()).await;
     cumulative_points_add_increases(store.as_ref()).await;
     usage_point_alerts_raise_once(store.as_ref()).await;
@@ -957,4 +958,84 @@ pub async fn policy_changes_apply_together(store: &dyn Store) {
         .apply_policy_changes(&[PolicyChange::Delete(PolicyKey::of(&second))], &[])
         .await
         .expect("clean up");
+}
+
+/// Checks that a check snapshot returns what the single reads return: the
+/// existing policies among the keys, the day's and month's usage and the
+/// unblock, and nothing for an unknown user.
+pub async fn check_snapshot_matches_single_reads(store: &dyn Store) {
+    let user = "snapshot@example.com";
+    let own = policy(PolicyKind::User, user, 9_000);
+    let team = policy(PolicyKind::Group, "snapshot-team", 8_000);
+    for policy in [&own, &team] {
+        store.put_policy(policy).await.expect("put policy");
+    }
+    store
+        .add_usage(&event(user, "2026-11-30T23:00:00Z", TokenType::Input, 5))
+        .await
+        .expect("add usage");
+    store
+        .add_usage(&event(user, "2026-11-29T10:00:00Z", TokenType::Output, 7))
+        .await
+        .expect("add usage");
+    let granted_at = at("2026-11-30T20:00:00Z");
+    let grant = UnblockGrant {
+        identity: Identity::parse(user).expect("a valid identity"),
+        granted_by: "admin".to_owned(),
+        granted_at,
+        expires_at: granted_at + Duration::hours(1),
+        reason: "snapshot".to_owned(),
+    };
+    store.put_unblock(&grant).await.expect("put unblock");
+
+    let keys = [
+        PolicyKey::of(&own),
+        PolicyKey::new(PolicyKind::Group, "snapshot-team"),
+        PolicyKey::new(PolicyKind::Group, "snapshot-absent"),
+    ];
+    let when = at("2026-11-30T23:30:00Z");
+    let snapshot = store
+        .check_snapshot(&keys, user, when)
+        .await
+        .expect("read a snapshot");
+    let mut policies = snapshot.policies.clone();
+    policies.sort_by(|a, b| a.identifier.cmp(&b.identifier));
+    assert_eq!(
+        policies,
+        vec![team.clone(), own.clone()],
+        "snapshot: policies"
+    );
+    assert_eq!(
+        snapshot.usage,
+        store.usage(user, when).await.expect("usage"),
+        "snapshot: usage"
+    );
+    assert_eq!(snapshot.usage.daily.input, 5, "snapshot: today's input");
+    assert_eq!(snapshot.usage.daily.output, 0, "snapshot: an earlier day");
+    assert_eq!(snapshot.usage.monthly.output, 7, "snapshot: the month");
+    assert_eq!(snapshot.unblock, Some(grant), "snapshot: unblock");
+
+    let nobody = store
+        .check_snapshot(&keys[1..], "nobody-snapshot@example.com", when)
+        .await
+        .expect("read a snapshot");
+    assert_eq!(
+        nobody.policies,
+        vec![team.clone()],
+        "snapshot: unknown user's policies"
+    );
+    assert_eq!(
+        nobody.usage,
+        super::UsageTotals::default(),
+        "snapshot: no usage"
+    );
+    assert_eq!(nobody.unblock, None, "snapshot: no unblock");
+
+    for policy in [&own, &team] {
+        store
+            .delete_policy(&PolicyKey::of(policy))
+            .await
+            .expect("clean up");
+    }
+    store.delete_unblock(user).await.expect("clean up");
 }
