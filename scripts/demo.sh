@@ -18,12 +18,6 @@
 
 set -euo pipefail
 
-# Run inside a private D-Bus session, so the agent caches the demo login in
-# a gnome-keyring that lives in the temporary HOME and ends with the demo.
-if [[ -z "${TOLLGATE_DEMO_IN_SESSION:-}" ]]; then
-  TOLLGATE_DEMO_IN_SESSION=1 exec dbus-run-session -- "$0" "$@"
-fi
-
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
@@ -31,17 +25,74 @@ user="${TOLLGATE_DEMO_USER:-demo@example.com}"
 pids=()
 work=""
 
-heading() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold headings only on a terminal, and never with NO_COLOR set
+# (https://no-color.org).
+if [[ -t 1 && -z "${NO_COLOR:-}" ]]; then
+  heading() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+  heading() { printf '\n== %s\n' "$*"; }
+fi
 note() { printf '   %s\n' "$*"; }
 
+# Prints the PIDs of tollgate-agent processes started for this demo: the
+# one recorded in the agent's lock file, and any whose environment has the
+# demo's HOME. The second kind includes an agent that the shim started
+# detached in its own session, which a signal to the demo's process group
+# does not reach.
+demo_agents() {
+  local lock="${XDG_RUNTIME_DIR:-/nonexistent}/tollgate/agent.lock" pid environ
+  if [[ -n "$work" && -r "$lock" ]]; then
+    pid="$(tr -dc '0-9' <"$lock")"
+    if [[ -n "$pid" && "$(cat "/proc/$pid/comm" 2>/dev/null)" == tollgate-agent ]]; then
+      echo "$pid"
+    fi
+  fi
+  [[ -n "$work" ]] || return 0
+  for environ in /proc/[0-9]*/environ; do
+    pid="${environ#/proc/}"
+    pid="${pid%/environ}"
+    [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == tollgate-agent ]] || continue
+    if { tr '\0' '\n' <"$environ"; } 2>/dev/null | grep -qxF "HOME=$work/home"; then
+      echo "$pid"
+    fi
+  done
+}
+
+# Succeeds while process $1 runs. A child that exited but was not waited
+# for yet (a zombie, state Z) does not count.
+running() {
+  local state
+  state="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)"
+  [[ -n "$state" && "$state" != Z ]]
+}
+
 cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do
+  local pid deadline
+  local -a all=("${pids[@]}")
+  # SIGINT reaches the whole process group, so ignore further ones while
+  # cleaning up.
+  trap '' INT TERM
+
+  mapfile -t -O "${#all[@]}" all < <(demo_agents | sort -u)
+  for pid in "${all[@]}"; do
     kill "$pid" 2>/dev/null || true
   done
-  for pid in "${pids[@]}"; do
+  # Give each process 5 seconds to stop, then kill it.
+
+  deadline=$((SECONDS + 5))
+  for pid in "${all[@]}"; do
+    while running "$pid" && ((SECONDS < deadline)); do
+      sleep 0.1
+    done
+    if running "$pid"; then
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
     wait "$pid" 2>/dev/null || true
   done
+
+  if [[ -n "$interrupted" ]]; then
+    echo "demo: interrupted; stopped every process it started" >&2
+  fi
   if [[ -n "$work" ]]; then
     if [[ "${TOLLGATE_DEMO_KEEP:-}" == 1 ]]; then
       note "logs kept in $work/logs"
@@ -50,9 +101,16 @@ cleanup() {
     fi
   fi
 }
+# The first SIGINT or SIGTERM ends the demo: the EXIT trap then stops
+# every process started here.
+interrupted=""
+on_signal() {
+  interrupted="$1"
+  exit "$1"
+}
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'on_signal 130' INT
+trap 'on_signal 143' TERM
 
 # Prints a TCP port on 127.0.0.1 that is free now.
 free_port() {
@@ -116,6 +174,16 @@ export PATH="$venv_bin:$PATH"
 unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_PROFILE
 
 heading "Starting gnome-keyring on a private D-Bus session"
+# A private session bus, so the agent caches the demo login in a
+# gnome-keyring that lives in the temporary HOME and ends with the demo.
+# The script starts the bus itself, not through dbus-run-session, so that a
+# Ctrl-C stops it only after the cleanup, and its log (such as the harmless
+# "Failed to set fd limit") goes to a file.
+dbus_info="$(dbus-daemon --session --fork --print-address=1 --print-pid=1 \
+  2>"$work/logs/dbus-daemon.log")"
+pids+=("$(sed -n 2p <<<"$dbus_info")")
+DBUS_SESSION_BUS_ADDRESS="$(sed -n 1p <<<"$dbus_info")"
+export DBUS_SESSION_BUS_ADDRESS
 printf 'demo-keyring-password' >"$work/keyring-password"
 gnome-keyring-daemon --foreground --unlock --components=secrets \
   <"$work/keyring-password" >"$work/logs/gnome-keyring.log" 2>&1 &
