@@ -90,6 +90,9 @@ const DAILY_USAGE_SQL: &str =
 /// Reads one user's monthly counters: a prefix lookup on the primary key.
 const MONTHLY_USAGE_SQL: &str =
     "SELECT token_type, tokens FROM usage_monthly WHERE user = ?1 AND month = ?2";
+/// Settings of the read-only connections: up to 256 MiB of the file
+/// memory-mapped, and a 16 MiB page cache.
+const READER_PRAGMAS: &str = "PRAGMA mmap_size = 268435456; PRAGMA cache_size = -16384;";
 /// Reads one policy by its primary key.
 const POLICY_SQL: &str = "SELECT body FROM policies WHERE kind = ?1 AND id = ?2";
 
@@ -188,6 +191,12 @@ impl SqliteStore {
             reader
                 .busy_timeout(BUSY_TIMEOUT)
                 .map_err(sqlite_error("setting the busy timeout"))?;
+            // Reading through a memory map saves a pread call per page
+            // that is not in SQLite's own cache, which with a million usage
+            // rows is most pages a check touches.
+            reader
+                .execute_batch(READER_PRAGMAS)
+                .map_err(sqlite_error("setting the read-only connection's pragmas"))?;
             readers.push(Mutex::new(reader));
         }
         Ok(Self {
