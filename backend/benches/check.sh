@@ -75,15 +75,18 @@ for rows in 1000 1000000; do
   # Warm up: the JWKS download, SQLite's page cache, connection set-up.
   wrk -t2 -c"$connections" -d3s -s "$work/check.lua" "http://$address" >/dev/null
   echo "== $rows usage rows, load: $(cut -d' ' -f1-3 /proc/loadavg)"
-  # The server's CPU time per request does not depend on what else runs on
-  # the machine, unlike the request rate.
+  # The server's CPU time per request depends much less on what else runs
+  # on the machine than the request rate does.
   ticks_before="$(awk '{print $14 + $15}' "/proc/$server/stat")"
-  wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$work/check.lua" "http://$address" \
+  /usr/bin/time -f "%U %S" -o "$work/wrk-cpu" \
+    wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$work/check.lua" "http://$address" \
     | tee "$work/wrk.txt"
   ticks_after="$(awk '{print $14 + $15}' "/proc/$server/stat")"
   requests="$(awk '/requests in/ {print $1}' "$work/wrk.txt")"
   awk -v ticks="$((ticks_after - ticks_before))" -v hz="$(getconf CLK_TCK)" -v requests="$requests" \
     'BEGIN { printf "server CPU per request: %.1f us\n", ticks / hz / requests * 1e6 }'
+  awk -v requests="$requests" \
+    '{ printf "wrk CPU per request: %.1f us\n", ($1 + $2) / requests * 1e6 }' "$work/wrk-cpu"
   kill "$server"
   wait "$server" 2>/dev/null || true
 done

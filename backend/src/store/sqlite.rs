@@ -93,6 +93,9 @@ const MONTHLY_USAGE_SQL: &str =
 /// Settings of the read-only connections: up to 256 MiB of the file
 /// memory-mapped, and a 16 MiB page cache.
 const READER_PRAGMAS: &str = "PRAGMA mmap_size = 268435456; PRAGMA cache_size = -16384;";
+/// Reads one user's unblock by its primary key.
+const UNBLOCK_SQL: &str =
+    "SELECT expires_at, granted_by, granted_at, reason FROM unblocks WHERE user = ?1";
 /// Reads one policy by its primary key.
 const POLICY_SQL: &str = "SELECT body FROM policies WHERE kind = ?1 AND id = ?2";
 
@@ -180,7 +183,8 @@ impl SqliteStore {
         restrict_permissions(path);
 
         migrate(&mut connection, path)?;
-        let reader_count = std::thread::available_parallelism().map_or(2, |count| count.get().max(2));
+        let reader_count =
+            std::thread::available_parallelism().map_or(2, |count| count.get().max(2));
         let mut readers = Vec::with_capacity(reader_count);
         for _ in 0..reader_count {
             let reader = Connection::open_with_flags(
@@ -645,10 +649,7 @@ impl Store for SqliteStore {
         let row: Option<(String, String, String, String)> = self
             .run("reading an unblock", move |connection| {
                 connection
-                    .prepare_cached(
-                        "SELECT expires_at, granted_by, granted_at, reason FROM unblocks
-                         WHERE user = ?1",
-                    )?
+                    .prepare_cached(UNBLOCK_SQL)?
                     .query_row(params![user], |row| {
                         Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
                     })
@@ -870,10 +871,7 @@ impl Store for SqliteStore {
                 let daily = read_counters(connection, DAILY_USAGE_SQL, &user, &day)?;
                 let monthly = read_counters(connection, MONTHLY_USAGE_SQL, &user, &month)?;
                 let unblock: Option<UnblockRow> = connection
-                    .prepare_cached(
-                        "SELECT expires_at, granted_by, granted_at, reason FROM unblocks
-                         WHERE user = ?1",
-                    )?
+                    .prepare_cached(UNBLOCK_SQL)?
                     .query_row(params![user], |row| {
                         Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
                     })
@@ -917,8 +915,11 @@ mod tests {
         let mut statement = connection
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .expect("the statement prepares");
+        // Bind as many of the sample values as the statement has parameters.
+        let values = ["user@example.com", "2026-01"];
+        let count = statement.parameter_count();
         let rows = statement
-            .query_map(params!["user@example.com", "2026-01"], |row| {
+            .query_map(rusqlite::params_from_iter(&values[..count]), |row| {
                 row.get::<_, String>(3)
             })
             .expect("the plan runs");
@@ -930,7 +931,7 @@ mod tests {
         let folder = tempfile::tempdir().expect("a temporary folder");
         let store = SqliteStore::open(&folder.path().join("plan.db")).expect("the store opens");
         let connection = store.connection.lock().expect("the lock is free");
-        for sql in [DAILY_USAGE_SQL, MONTHLY_USAGE_SQL, POLICY_SQL] {
+        for sql in [DAILY_USAGE_SQL, MONTHLY_USAGE_SQL, POLICY_SQL, UNBLOCK_SQL] {
             let plan = query_plan(&connection, sql);
             assert!(!plan.is_empty(), "{sql} has no plan");
             assert!(
