@@ -43,7 +43,9 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_AUDIENCE")]
     audience: String,
 
-    /// The token claim that identifies the user (an email address).
+    /// The token claim that identifies the user. Values of `email` must be
+    /// email addresses; values of other claims, such as `sub`, any text
+    /// without whitespace. Identities are trimmed and lower-cased.
     #[arg(long, env = "TOLLGATE_IDENTITY_CLAIM", default_value = "email")]
     identity_claim: String,
 

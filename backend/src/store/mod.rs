@@ -106,7 +106,7 @@ pub struct AuditEntry {
     pub at: DateTime<Utc>,
     /// A local user name or an admin identity.
     pub actor: String,
-    /// A dotted verb such as `policy.put` or `usage.record`.
+    /// A dotted verb such as `policy.update` or `usage.record`.
     pub action: String,
     /// The object the action changed, such as `user:ann@example.com`.
     pub target: String,
