@@ -115,12 +115,18 @@ pub struct AuditEntry {
 }
 
 /// One change of a batch applied by [`Store::apply_policy_changes`].
+/// Unblocks are changed in the same batches, so that they are written
+/// together with their audit entries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PolicyChange {
     /// Insert or replace the policy with the same key.
     Put(Policy),
     /// Delete the policy with this key, if it exists.
     Delete(PolicyKey),
+    /// Insert or replace the unblock of `grant.identity`.
+    PutUnblock(UnblockGrant),
+    /// Delete the unblock of this user, if one exists.
+    DeleteUnblock(String),
 }
 
 /// Everything a quota check reads about one user, from

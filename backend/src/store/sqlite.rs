@@ -784,6 +784,13 @@ impl Store for SqliteStore {
         changes: &[PolicyChange],
         audit: &[AuditEntry],
     ) -> StoreResult<()> {
+        /// A change with its policy encoded, ready for the transaction.
+        enum Row {
+            PutPolicy(&'static str, String, String),
+            DeletePolicy(&'static str, String),
+            PutUnblock(UnblockGrant),
+            DeleteUnblock(String),
+        }
         let mut rows = Vec::with_capacity(changes.len());
         for change in changes {
             rows.push(match change {
@@ -795,9 +802,13 @@ impl Store for SqliteStore {
                     let body = serde_json::to_string(policy).map_err(|error| {
                         StoreError::InvalidInput(format!("cannot encode the policy {key}: {error}"))
                     })?;
-                    (key.kind_name(), key.identifier, Some(body))
+                    Row::PutPolicy(key.kind_name(), key.identifier, body)
                 }
-                PolicyChange::Delete(key) => (key.kind_name(), key.identifier.clone(), None),
+                PolicyChange::Delete(key) => {
+                    Row::DeletePolicy(key.kind_name(), key.identifier.clone())
+                }
+                PolicyChange::PutUnblock(grant) => Row::PutUnblock(grant.clone()),
+                PolicyChange::DeleteUnblock(user) => Row::DeleteUnblock(user.clone()),
             });
         }
         let audit = audit.to_vec();
@@ -805,18 +816,34 @@ impl Store for SqliteStore {
         self.run("applying policy changes", move |connection| {
             let transaction =
                 connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            for (kind, id, body) in &rows {
-                match body {
-                    Some(body) => transaction.execute(
+            for row in &rows {
+                match row {
+                    Row::PutPolicy(kind, id, body) => transaction.execute(
                         "INSERT INTO policies (kind, id, body, updated_at) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body,
                              updated_at = excluded.updated_at",
                         params![kind, id, body, now],
                     )?,
-                    None => transaction.execute(
+                    Row::DeletePolicy(kind, id) => transaction.execute(
                         "DELETE FROM policies WHERE kind = ?1 AND id = ?2",
                         params![kind, id],
                     )?,
+                    Row::PutUnblock(grant) => transaction.execute(
+                        "INSERT INTO unblocks (user, expires_at, granted_by, granted_at, reason)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (user) DO UPDATE SET expires_at = excluded.expires_at,
+                             granted_by = excluded.granted_by, granted_at = excluded.granted_at,
+                             reason = excluded.reason",
+                        params![
+                            grant.identity.as_str(),
+                            timestamp(grant.expires_at),
+                            grant.granted_by,
+                            timestamp(grant.granted_at),
+                            grant.reason
+                        ],
+                    )?,
+                    Row::DeleteUnblock(user) => transaction
+                        .execute("DELETE FROM unblocks WHERE user = ?1", params![user])?,
                 };
             }
             for entry in &audit {

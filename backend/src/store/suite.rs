@@ -954,10 +954,48 @@ pub async fn policy_changes_apply_together(store: &dyn Store) {
         "batch: a failed batch appends no audit entry"
     );
 
+    let grant = UnblockGrant {
+        identity: Identity::parse("batch-unblock@example.com").expect("a valid identity"),
+        granted_by: "admin".to_owned(),
+        granted_at: at("2026-10-10T10:00:00Z"),
+        expires_at: at("2026-10-11T10:00:00Z"),
+        reason: "batch".to_owned(),
+    };
     store
-        .apply_policy_changes(&[PolicyChange::Delete(PolicyKey::of(&second))], &[])
+        .apply_policy_changes(
+            &[
+                PolicyChange::Delete(PolicyKey::of(&second)),
+                PolicyChange::PutUnblock(grant.clone()),
+            ],
+            &[audit("user:batch-unblock@example.com")],
+        )
         .await
-        .expect("clean up");
+        .expect("apply a batch with an unblock");
+    assert_eq!(
+        store
+            .unblock("batch-unblock@example.com")
+            .await
+            .expect("read"),
+        Some(grant),
+        "batch: unblock stored"
+    );
+    store
+        .apply_policy_changes(
+            &[PolicyChange::DeleteUnblock(
+                "batch-unblock@example.com".to_owned(),
+            )],
+            &[],
+        )
+        .await
+        .expect("delete the unblock in a batch");
+    assert!(
+        store
+            .unblock("batch-unblock@example.com")
+            .await
+            .expect("read")
+            .is_none(),
+        "batch: unblock deleted"
+    );
 }
 
 /// Checks that a check snapshot returns what the single reads return: the

@@ -9,7 +9,7 @@ use tollgate_quota::{UnblockDuration, UnblockGrant};
 
 use super::{audit_entry, local_user, open_store, show};
 use crate::cli::{DeploymentArgs, StoreArgs, identity, output, user_error};
-use crate::store::Store;
+use crate::store::{PolicyChange, Store};
 
 #[derive(Debug, clap::Args)]
 pub struct UnblockArgs {
@@ -86,17 +86,17 @@ pub async fn run(args: UnblockArgs) -> anyhow::Result<()> {
     )
     .map_err(|error| user_error(error.to_string()))?;
 
-    store.put_unblock(&grant).await?;
+    let entry = audit_entry(
+        "unblock.grant",
+        format!("user:{identity}"),
+        json!({
+            "duration": args.duration.to_string(),
+            "grant": grant.to_wire(),
+            "reason_at_grant": decision.answer.reason,
+        }),
+    );
     store
-        .append_audit(&audit_entry(
-            "unblock.grant",
-            format!("user:{identity}"),
-            json!({
-                "duration": args.duration.to_string(),
-                "grant": grant.to_wire(),
-                "reason_at_grant": decision.answer.reason,
-            }),
-        ))
+        .apply_policy_changes(&[PolicyChange::PutUnblock(grant.clone())], &[entry])
         .await?;
 
     output::line(&format!(
@@ -127,14 +127,14 @@ async fn revoke(args: &UnblockArgs, user: &str) -> anyhow::Result<()> {
     let Some(grant) = store.unblock(user).await? else {
         return Err(no_unblock(user));
     };
-    store.delete_unblock(user).await?;
     let reason = args.reason.clone().unwrap_or_default();
+    let entry = audit_entry(
+        "unblock.revoke",
+        format!("user:{user}"),
+        json!({ "before": grant.to_wire(), "reason": reason }),
+    );
     store
-        .append_audit(&audit_entry(
-            "unblock.revoke",
-            format!("user:{user}"),
-            json!({ "before": grant.to_wire(), "reason": reason }),
-        ))
+        .apply_policy_changes(&[PolicyChange::DeleteUnblock(user.to_owned())], &[entry])
         .await?;
     let state = if grant.is_active(Utc::now()) {
         "active"
