@@ -55,14 +55,16 @@ impl Period {
     }
 }
 
-/// Formats the UTC day key of `at`, such as `2025-01-31`.
+/// Formats the UTC day key of `at`, such as `2025-01-31`. Written by hand
+/// rather than with a `strftime` pattern, which chrono parses on every call,
+/// because every check and every usage point computes keys.
 pub fn day_key(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m-%d").to_string()
+    format!("{:04}-{:02}-{:02}", at.year(), at.month(), at.day())
 }
 
 /// Formats the UTC month key of `at`, such as `2025-01`.
 pub fn month_key(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m").to_string()
+    format!("{:04}-{:02}", at.year(), at.month())
 }
 
 /// 00:00 UTC of the day containing `at`.
@@ -213,6 +215,17 @@ mod tests {
                 at(monthly),
                 "month start of {timestamp}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// Keys stored before keys were written by hand used chrono's
+        /// `%Y-%m-%d` and `%Y-%m`, so both forms must agree.
+        #[test]
+        fn keys_match_strftime(seconds in 0i64..253_402_300_799) {
+            let at = DateTime::from_timestamp(seconds, 0).expect("in chrono's range");
+            proptest::prop_assert_eq!(day_key(at), at.format("%Y-%m-%d").to_string());
+            proptest::prop_assert_eq!(month_key(at), at.format("%Y-%m").to_string());
         }
     }
 
