@@ -51,12 +51,7 @@ fn in_namespace(name: &str, test: impl FnOnce() -> Result<()>) -> Result<()> {
     let exe = std::env::current_exe().context("failed to find the test binary")?;
     let output = Command::new(support_dir().join("claude/run-in-netns.sh"))
         .arg(&exe)
-        .args([
-            name,
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .output()
         .context("failed to run run-in-netns.sh")?;
     let stdout = String::from_utf8_lossy(&output.stdout);

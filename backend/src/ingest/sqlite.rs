@@ -72,15 +72,23 @@ const WRITE_SERIES_SQL: &str = "
     INSERT INTO usage_series (id, start_unix_nano, end_unix_nano, total) VALUES (?1, ?2, ?3, ?4)
     ON CONFLICT (id) DO UPDATE SET start_unix_nano = excluded.start_unix_nano,
         end_unix_nano = excluded.end_unix_nano, total = excluded.total";
+// The counters stop at i64::MAX, as the store's own usage adds do, because
+// SQLite turns an overflowing integer sum into a REAL.
 const ADD_DAILY_SQL: &str = "
     INSERT INTO usage_daily (user, day, token_type, tokens) VALUES (?1, ?2, ?3, ?4)
-    ON CONFLICT (user, day, token_type) DO UPDATE SET tokens = tokens + excluded.tokens";
+    ON CONFLICT (user, day, token_type) DO UPDATE SET tokens = CASE
+        WHEN tokens > 9223372036854775807 - excluded.tokens THEN 9223372036854775807
+        ELSE tokens + excluded.tokens END";
 const ADD_MONTHLY_SQL: &str = "
     INSERT INTO usage_monthly (user, month, token_type, tokens) VALUES (?1, ?2, ?3, ?4)
-    ON CONFLICT (user, month, token_type) DO UPDATE SET tokens = tokens + excluded.tokens";
+    ON CONFLICT (user, month, token_type) DO UPDATE SET tokens = CASE
+        WHEN tokens > 9223372036854775807 - excluded.tokens THEN 9223372036854775807
+        ELSE tokens + excluded.tokens END";
 const ADD_MODEL_SQL: &str = "
     INSERT INTO usage_models (user, day, model, token_type, tokens) VALUES (?1, ?2, ?3, ?4, ?5)
-    ON CONFLICT (user, day, model, token_type) DO UPDATE SET tokens = tokens + excluded.tokens";
+    ON CONFLICT (user, day, model, token_type) DO UPDATE SET tokens = CASE
+        WHEN tokens > 9223372036854775807 - excluded.tokens THEN 9223372036854775807
+        ELSE tokens + excluded.tokens END";
 const READ_DAILY_SQL: &str =
     "SELECT token_type, tokens FROM usage_daily WHERE user = ?1 AND day = ?2";
 const READ_MONTHLY_SQL: &str =

@@ -570,7 +570,8 @@ impl Store for SqliteStore {
         let now = timestamp(Utc::now());
 
         self.run("recording usage", move |connection| {
-            let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let transaction =
+                connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if let Some(dedup_key) = &dedup_key {
                 let inserted = transaction.execute(
                     "INSERT OR IGNORE INTO usage_events (dedup_key, recorded_at) VALUES (?1, ?2)",

@@ -46,7 +46,7 @@ impl Request {
     }
 }
 
-/// What the client asks for.
+/// The request body, tagged by `type`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 #[non_exhaustive]
@@ -62,7 +62,7 @@ pub enum RequestBody {
         profile: String,
         /// Whether the agent may start an interactive login (browser or
         /// device code) to satisfy the request. When false and no valid
-        /// session exists, the agent answers [`ErrorKind::LoginRequired`].
+        /// session exists, the agent returns [`ErrorKind::LoginRequired`].
         #[serde(default = "default_true")]
         interactive: bool,
     },
@@ -135,7 +135,7 @@ pub enum Response {
 }
 
 impl Response {
-    /// Whether this line ends the exchange for its request.
+    /// Returns whether this line ends the exchange for its request.
     pub fn is_final(&self) -> bool {
         !matches!(self, Response::Progress { .. })
     }
@@ -235,7 +235,7 @@ pub struct ProfileStatus {
     /// The last quota answer and when it was received.
     #[serde(default)]
     pub last_quota: Option<CheckAnswer>,
-    /// Where secrets are cached: `secret-service`, `keyutils` or `memory`.
+    /// The secret store in use: `secret-service`, `keyutils` or `memory`.
     #[serde(default)]
     pub secret_store: Option<String>,
 }

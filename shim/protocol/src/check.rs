@@ -31,7 +31,7 @@ pub struct CheckAnswer {
     pub checked_at: DateTime<Utc>,
 }
 
-/// Why the check answered as it did.
+/// The reason for a check's decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -82,7 +82,7 @@ pub struct PeriodUsage {
     /// `tokens / limit * 100`, absent without a limit.
     #[serde(default)]
     pub percent: Option<f64>,
-    /// How the limit is enforced, absent without a limit.
+    /// The limit's enforcement mode, absent without a limit.
     #[serde(default)]
     pub enforcement: Option<Enforcement>,
     /// The highest warning threshold (percent) reached, if any.
@@ -92,7 +92,7 @@ pub struct PeriodUsage {
     pub resets_at: DateTime<Utc>,
 }
 
-/// What happens when a limit is reached.
+/// The action taken when a limit is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -129,7 +129,7 @@ pub enum PolicyKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unblock {
     pub expires_at: DateTime<Utc>,
-    /// Who granted it: a local user name or an admin identity.
+    /// The grantor: a local user name or an admin identity.
     pub granted_by: String,
     pub granted_at: DateTime<Utc>,
     pub reason: String,
