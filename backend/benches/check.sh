@@ -8,12 +8,14 @@
 # on 127.0.0.1 and is stopped by its PID at the end.
 #
 # Usage: backend/benches/check.sh [DURATION_SECONDS] [CONNECTIONS]
-# Environment: CARGO_TARGET_DIR (default target), USERS (default 10000).
+# Environment: CARGO_TARGET_DIR (default target), USERS (default 10000),
+# ROWS (the usage row counts to measure, in order; default "1000 1000000").
 set -euo pipefail
 
 duration="${1:-20}"
 connections="${2:-64}"
 users="${USERS:-10000}"
+rows_list="${ROWS:-1000 1000000}"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
 work="$(mktemp -d)"
@@ -62,7 +64,7 @@ LUA
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
 
-for rows in 1000 1000000; do
+for rows in $rows_list; do
   db="$work/bench-$rows.db"
   "$fixture" seed --db "$db" --users "$users" --usage-rows "$rows"
   rm -f "$work/port"
