@@ -2,7 +2,7 @@
 //! the Python tools.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 
@@ -23,9 +23,21 @@ pub const SHIM: &str = "tollgate-credential-process";
 /// The backend and admin CLI binary's file name.
 pub const BACKEND: &str = "tollgate";
 
+/// Returns the `tests` package folder.
+///
+/// Cargo and nextest set `CARGO_MANIFEST_DIR` when they run a test, and that
+/// value wins over the one compiled in: two clones that share a target
+/// folder (CI does this) may reuse a harness built in the other clone.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.join("support").is_dir())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// Returns the workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    manifest_dir()
         .parent()
         .expect("the tests package sits one folder below the workspace root")
         .to_path_buf()
@@ -34,7 +46,7 @@ pub fn workspace_root() -> PathBuf {
 /// Returns `tests/support`, where the OIDC provider and the scripted
 /// browser live.
 pub fn support_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("support")
+    manifest_dir().join("support")
 }
 
 /// Returns the folder with the workspace binaries.
