@@ -41,6 +41,29 @@ pub enum StoreError {
     /// The caller passed a value the store cannot keep.
     #[error("{0}")]
     InvalidInput(String),
+    /// A [`PolicyChange::Expect`] precondition of a batch did not hold, so
+    /// nothing of the batch was applied.
+    #[error("{}", conflict_message(.changed))]
+    Conflict {
+        /// The keys whose stored policy differs from the expected one.
+        changed: Vec<PolicyKey>,
+    },
+}
+
+/// Builds the message of [`StoreError::Conflict`].
+fn conflict_message(changed: &[PolicyKey]) -> String {
+    let listed: Vec<String> = changed.iter().map(ToString::to_string).collect();
+    match listed.as_slice() {
+        [one] => format!(
+            "the policy {one} changed after it was read, so nothing was applied; read the \
+             current policies and try again"
+        ),
+        _ => format!(
+            "the policies {} changed after they were read, so nothing was applied; read the \
+             current policies and try again",
+            listed.join(", ")
+        ),
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -119,6 +142,18 @@ pub struct AuditEntry {
 /// together with their audit entries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PolicyChange {
+    /// A precondition: the policy with `key` must be stored exactly as
+    /// `current` (every field equal), or be absent when `current` is
+    /// `None`. Every precondition of a batch is checked against the store
+    /// as it was before the batch, inside the same transaction as the
+    /// writes. If any fails, nothing is applied and the batch returns
+    /// [`StoreError::Conflict`] naming each key that differs. A DynamoDB
+    /// store maps it to a condition on the write of the same item, or to a
+    /// `ConditionCheck` of a `TransactWriteItems` call.
+    Expect {
+        key: PolicyKey,
+        current: Option<Policy>,
+    },
     /// Insert or replace the policy with the same key.
     Put(Policy),
     /// Delete the policy with this key, if it exists.
@@ -223,7 +258,8 @@ pub trait Store: Send + Sync {
     /// Applies `changes` in order and appends `audit`, all in one
     /// transaction: either every change and entry is stored or none is.
     /// The admin CLI's import and delete use it so that a failure half-way
-    /// leaves the policies as they were.
+    /// leaves the policies as they were. A failed [`PolicyChange::Expect`]
+    /// returns [`StoreError::Conflict`] and applies nothing.
     async fn apply_policy_changes(
         &self,
         changes: &[PolicyChange],

@@ -392,6 +392,27 @@ fn parse_timestamp(text: &str, what: &'static str) -> StoreResult<DateTime<Utc>>
         })
 }
 
+/// Reports whether the stored policy with `key` equals `expected`, or is
+/// absent when `expected` is `None`. A stored body that does not decode
+/// matches nothing.
+fn policy_matches(
+    connection: &Connection,
+    key: &PolicyKey,
+    expected: Option<&Policy>,
+) -> rusqlite::Result<bool> {
+    let body: Option<String> = connection
+        .prepare_cached(POLICY_SQL)?
+        .query_row(params![key.kind_name(), key.identifier], |row| row.get(0))
+        .optional()?;
+    Ok(match (body, expected) {
+        (None, None) => true,
+        (Some(body), Some(expected)) => {
+            serde_json::from_str::<Policy>(&body).is_ok_and(|stored| &stored == expected)
+        }
+        _ => false,
+    })
+}
+
 fn decode_policy(body: &str) -> StoreResult<Policy> {
     serde_json::from_str(body).map_err(|error| StoreError::Corrupt {
         what: "policy",
@@ -787,6 +808,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<()> {
         /// A change with its policy encoded, ready for the transaction.
         enum Row {
+            Expect(PolicyKey, Option<Policy>),
             PutPolicy(&'static str, String, String),
             DeletePolicy(&'static str, String),
             PutUnblock(UnblockGrant),
@@ -795,6 +817,7 @@ impl Store for SqliteStore {
         let mut rows = Vec::with_capacity(changes.len());
         for change in changes {
             rows.push(match change {
+                PolicyChange::Expect { key, current } => Row::Expect(key.clone(), current.clone()),
                 PolicyChange::Put(policy) => {
                     let key = PolicyKey::of(policy);
                     policy.validate().map_err(|error| {
@@ -814,11 +837,32 @@ impl Store for SqliteStore {
         }
         let audit = audit.to_vec();
         let now = timestamp(Utc::now());
-        self.run("applying policy changes", move |connection| {
+        /// The end of the transaction.
+        enum Outcome {
+            Committed,
+            /// Preconditions failed on these keys; rolled back.
+            Conflict(Vec<PolicyKey>),
+        }
+        let outcome = self.run("applying policy changes", move |connection| {
             let transaction =
                 connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // Preconditions are checked against the state before the batch,
+            // as DynamoDB evaluates the conditions of a transaction.
+            let mut changed = Vec::new();
+            for row in &rows {
+                if let Row::Expect(key, expected) = row
+                    && !policy_matches(&transaction, key, expected.as_ref())?
+                {
+                    changed.push(key.clone());
+                }
+            }
+            if !changed.is_empty() {
+                // Dropping the transaction rolls it back.
+                return Ok(Outcome::Conflict(changed));
+            }
             for row in &rows {
                 match row {
+                    Row::Expect(..) => 0,
                     Row::PutPolicy(kind, id, body) => transaction.execute(
                         "INSERT INTO policies (kind, id, body, updated_at) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body,
@@ -860,9 +904,14 @@ impl Store for SqliteStore {
                     ],
                 )?;
             }
-            transaction.commit()
+            transaction.commit()?;
+            Ok(Outcome::Committed)
         })
-        .await
+        .await?;
+        match outcome {
+            Outcome::Committed => Ok(()),
+            Outcome::Conflict(changed) => Err(StoreError::Conflict { changed }),
+        }
     }
 
     async fn check_snapshot(

@@ -11,7 +11,7 @@ use serde_json::json;
 use tollgate_protocol::check::{Enforcement, PolicyKind};
 use tollgate_quota::{CountingConfig, Identity, Policy, TokenType, TokenUsage, UnblockGrant};
 
-use super::{AuditEntry, PolicyChange, PolicyKey, Store, UsageEvent};
+use super::{AuditEntry, PolicyChange, PolicyKey, Store, StoreError, UsageEvent};
 use crate::alerts::AlertRule;
 use crate::alerts::deliver::DeliveryOutcome;
 use crate::ingest::batch::{CumulativeValue, PointValue, UsageBatch, UsagePoint};
@@ -31,6 +31,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     unblocks_round_trip(store.as_ref()).await;
     audit_log_reads_newest_first(store.as_ref()).await;
     policy_changes_apply_together(store.as_ref()).await;
+    policy_preconditions_guard_batch(store.as_ref()).await;
     check_snapshot_matches_single_reads(store.as_ref()).await;
     usage_points_count_once(store.as_ref()).await;
     cumulative_points_add_increases(store.as_ref()).await;
@@ -876,6 +877,107 @@ pub async fn alert_outbox_claims_and_finishes(store: &dyn Store) {
             .is_empty(),
         "outbox: delivered alerts are done"
     );
+}
+
+/// Checks that a batch whose [`PolicyChange::Expect`] preconditions hold
+/// applies, and that one whose precondition fails applies nothing, appends
+/// no audit entry and names exactly the keys that differ.
+pub async fn policy_preconditions_guard_batch(store: &dyn Store) {
+    let stored = policy(PolicyKind::Group, "expect-stored", 1_000);
+    let absent = policy(PolicyKind::Group, "expect-absent", 2_000);
+    let audit = |target: &str| AuditEntry {
+        at: at("2026-10-11T10:00:00Z"),
+        actor: "importer".to_owned(),
+        action: "policy.import".to_owned(),
+        target: target.to_owned(),
+        detail: json!({}),
+    };
+    store.put_policy(&stored).await.expect("put");
+
+    let mut updated = stored.clone();
+    updated.monthly_limit = 1_500;
+    store
+        .apply_policy_changes(
+            &[
+                PolicyChange::Expect {
+                    key: PolicyKey::of(&stored),
+                    current: Some(stored.clone()),
+                },
+                PolicyChange::Expect {
+                    key: PolicyKey::of(&absent),
+                    current: None,
+                },
+                PolicyChange::Put(updated.clone()),
+                PolicyChange::Put(absent.clone()),
+            ],
+            &[audit("group:expect-stored")],
+        )
+        .await
+        .expect("a batch whose preconditions hold applies");
+    assert_eq!(
+        store.policy(&PolicyKey::of(&stored)).await.expect("get"),
+        Some(updated.clone()),
+        "expect: update applied"
+    );
+    assert_eq!(
+        store.policy(&PolicyKey::of(&absent)).await.expect("get"),
+        Some(absent.clone()),
+        "expect: create applied"
+    );
+
+    // Both expectations are stale now: one policy was updated and the
+    // other created by the batch above. A third one still holds.
+    let untouched = PolicyKey::new(PolicyKind::Group, "expect-never-stored");
+    let mut replacement = stored.clone();
+    replacement.monthly_limit = 9_000;
+    let result = store
+        .apply_policy_changes(
+            &[
+                PolicyChange::Expect {
+                    key: PolicyKey::of(&stored),
+                    current: Some(stored.clone()),
+                },
+                PolicyChange::Expect {
+                    key: PolicyKey::of(&absent),
+                    current: None,
+                },
+                PolicyChange::Expect {
+                    key: untouched.clone(),
+                    current: None,
+                },
+                PolicyChange::Put(replacement),
+                PolicyChange::Delete(PolicyKey::of(&absent)),
+            ],
+            &[audit("group:expect-conflict")],
+        )
+        .await;
+    match result {
+        Err(StoreError::Conflict { changed }) => assert_eq!(
+            changed,
+            [PolicyKey::of(&stored), PolicyKey::of(&absent)],
+            "expect: the conflict names each key that differs, and only those"
+        ),
+        other => panic!("expect: a stale precondition must fail with a conflict, got {other:?}"),
+    }
+    assert_eq!(
+        store.policy(&PolicyKey::of(&stored)).await.expect("get"),
+        Some(updated),
+        "expect: a failed precondition replaces nothing"
+    );
+    assert_eq!(
+        store.policy(&PolicyKey::of(&absent)).await.expect("get"),
+        Some(absent.clone()),
+        "expect: a failed precondition deletes nothing"
+    );
+    assert_eq!(
+        store.read_audit(1).await.expect("read audit")[0].target,
+        "group:expect-stored",
+        "expect: a failed precondition appends no audit entry"
+    );
+
+    for key in [PolicyKey::of(&stored), PolicyKey::of(&absent)] {
+        store.delete_policy(&key).await.expect("delete");
+    }
 }
 
 /// Checks that a batch of policy changes applies puts and deletes in order

@@ -7,7 +7,9 @@ use serde_json::json;
 use tollgate_protocol::check::PolicyKind;
 use tollgate_quota::policy::normalize_identifier;
 
-use super::{audit_entry, coverage_warning, describe_key, open_store, parse_kind_arg};
+use super::{
+    audit_entry, conflict_as_user_error, coverage_warning, describe_key, open_store, parse_kind_arg,
+};
 use crate::cli::{DeploymentArgs, StoreArgs, identity, output, user_error};
 use crate::store::{PolicyChange, PolicyKey, Store};
 
@@ -74,9 +76,19 @@ pub async fn run(args: DeleteArgs) -> anyhow::Result<()> {
         key.to_string(),
         json!({ "before": policy }),
     );
+    // The precondition keeps a change made while the prompt was open from
+    // being deleted unseen.
+    let changes = [
+        PolicyChange::Expect {
+            key: key.clone(),
+            current: Some(policy),
+        },
+        PolicyChange::Delete(key.clone()),
+    ];
     store
-        .apply_policy_changes(&[PolicyChange::Delete(key.clone())], &[entry])
-        .await?;
+        .apply_policy_changes(&changes, &[entry])
+        .await
+        .map_err(conflict_as_user_error)?;
     output::line(&format!("Deleted the {}.", describe_key(&key)));
     if let Some(warning) = coverage_warning(&store.list_policies().await?) {
         output::warning(&warning);

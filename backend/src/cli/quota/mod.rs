@@ -23,7 +23,7 @@ use tollgate_quota::{DEFAULT_IDENTIFIER, Policy, format_amount, parse_policy_kin
 use super::{DeploymentArgs, StoreArgs, identity, output, table, user_error};
 use crate::server::NO_POLICY_WARNING;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{AuditEntry, PolicyChange, PolicyKey, Store};
+use crate::store::{AuditEntry, PolicyChange, PolicyKey, Store, StoreError};
 
 pub use settings::PolicySettings;
 
@@ -141,6 +141,16 @@ pub(super) fn open_existing_store(args: &StoreArgs) -> anyhow::Result<(SqliteSto
     open_store(args)
 }
 
+/// Turns a failed [`PolicyChange::Expect`] into a user error (exit code 1):
+/// nothing changed, and running the command again reads the current
+/// policy. Other store errors stay unexpected failures.
+pub(super) fn conflict_as_user_error(error: StoreError) -> anyhow::Error {
+    match error {
+        StoreError::Conflict { .. } => user_error(error.to_string()),
+        other => other.into(),
+    }
+}
+
 /// Builds an audit entry for a change made now by the local user.
 pub(super) fn audit_entry(action: &str, target: String, detail: serde_json::Value) -> AuditEntry {
     AuditEntry {
@@ -181,9 +191,19 @@ async fn set_policy(
         key.to_string(),
         json!({ "before": existing, "after": policy }),
     );
+    // The precondition keeps a change made by someone else since the read
+    // above from being overwritten.
+    let changes = [
+        PolicyChange::Expect {
+            key: key.clone(),
+            current: existing.clone(),
+        },
+        PolicyChange::Put(policy.clone()),
+    ];
     store
-        .apply_policy_changes(&[PolicyChange::Put(policy.clone())], &[entry])
-        .await?;
+        .apply_policy_changes(&changes, &[entry])
+        .await
+        .map_err(conflict_as_user_error)?;
 
     output::line(&format!(
         "{verb} the {}: {}",

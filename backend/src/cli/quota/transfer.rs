@@ -32,7 +32,7 @@ use tollgate_quota::{
 use super::settings::{describe_limits, parse_burst_arg};
 use super::{audit_entry, describe_key, open_existing_store, open_store, parse_kind_arg};
 use crate::cli::{DeploymentArgs, StoreArgs, identity, output, user_error};
-use crate::store::{PolicyChange, PolicyKey, Store};
+use crate::store::{AuditEntry, PolicyChange, PolicyKey, Store, StoreError};
 
 /// The version of the JSON export format.
 const FORMAT_VERSION: u32 = 1;
@@ -589,6 +589,52 @@ fn policy_of(
 }
 
 pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let policies = read_import(&args)?;
+    let (store, _) = open_store(&args.store)?;
+    let plan = plan_import(&args, policies, &store).await?;
+    if args.dry_run {
+        output::line(&plan.describe_dry_run());
+        return Ok(());
+    }
+    let summary = apply_import(&args, plan, &store).await?;
+    output::line(&summary);
+    Ok(())
+}
+
+/// What an import will do, planned against the policies stored when it
+/// was read.
+struct ImportPlan {
+    /// One line per row, for `--dry-run`.
+    lines: Vec<String>,
+    /// One [`PolicyChange::Expect`] per row that was compared with a stored
+    /// policy, then the writes.
+    changes: Vec<PolicyChange>,
+    audit: Vec<AuditEntry>,
+    created: usize,
+    updated: usize,
+    skipped: usize,
+}
+
+impl ImportPlan {
+    fn has_writes(&self) -> bool {
+        self.changes
+            .iter()
+            .any(|change| !matches!(change, PolicyChange::Expect { .. }))
+    }
+
+    fn describe_dry_run(&self) -> String {
+        let mut lines = self.lines.clone();
+        lines.push(format!(
+            "Dry run: {} to create, {} to update, {} to skip; nothing was changed.",
+            self.created, self.updated, self.skipped
+        ));
+        lines.join("\n")
+    }
+}
+
+/// Reads and validates every row of the import file, before the store is
+/// opened, and returns each policy with its line number.
+fn read_import(args: &ImportArgs) -> anyhow::Result<Vec<(u64, Policy)>> {
     let format = Format::resolve(args.format, Some(&args.file))?;
     let text = std::fs::read_to_string(&args.file).map_err(|error| {
         user_error(format!(
@@ -600,11 +646,10 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
         read_rows(&text, format).map_err(|errors| rejection(&args.file, &errors))?;
     let now = Utc::now();
 
-    // Validate every row on its own before the store is opened.
     let mut policies: Vec<(u64, Policy)> = Vec::new();
     let mut seen: HashMap<PolicyKey, u64> = HashMap::new();
     for row in &rows {
-        match policy_of(row, &args, now) {
+        match policy_of(row, args, now) {
             Ok(policy) => {
                 let key = PolicyKey::of(&policy);
                 if let Some(first) = seen.get(&key) {
@@ -629,118 +674,161 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     if !errors.is_empty() {
         return Err(rejection(&args.file, &errors));
     }
+    Ok(policies)
+}
 
-    // Then compare with the stored policies.
-    let (store, _) = open_store(&args.store)?;
+/// Compares the validated rows with the stored policies and plans a
+/// create, update or skip for each. Every row whose step depends on a
+/// stored policy records that policy (or its absence) as a precondition,
+/// so that [`apply_import`] fails instead of overwriting a change made
+/// after this read.
+async fn plan_import(
+    args: &ImportArgs,
+    policies: Vec<(u64, Policy)>,
+    store: &dyn Store,
+) -> anyhow::Result<ImportPlan> {
     let stored: HashMap<PolicyKey, Policy> = store
         .list_policies()
         .await?
         .into_iter()
         .map(|policy| (PolicyKey::of(&policy), policy))
         .collect();
+    let mut errors = Vec::new();
+    let mut preconditions = Vec::new();
     let mut plan: Vec<(u64, PolicyKey, Step)> = Vec::new();
     for (line, policy) in policies {
         let key = PolicyKey::of(&policy);
-        let step = if let Some(kind) = args.kind.filter(|kind| *kind != policy.kind) {
-            Step::Skip(format!("not a {} policy (--type)", policy_kind_name(kind)))
-        } else {
-            match stored.get(&key) {
-                None => Step::Create(policy),
-                Some(existing) if same_settings(existing, &policy) => {
-                    Step::Skip("unchanged".to_owned())
-                }
-                Some(_) if args.skip_existing => {
-                    Step::Skip("exists with other settings (--skip-existing)".to_owned())
-                }
-                Some(existing) if args.update => {
-                    let mut after = policy;
-                    after.created_at = existing.created_at;
-                    Step::Update {
-                        before: existing.clone(),
-                        after,
-                    }
-                }
-                Some(existing) => {
-                    errors.push(RowError {
-                        line,
-                        message: format!(
-                            "the {} already exists with other settings ({}); pass --update \
-                             to replace it or --skip-existing to keep it",
-                            describe_key(&key),
-                            describe_limits(existing)
-                        ),
-                    });
-                    continue;
+        if let Some(kind) = args.kind.filter(|kind| *kind != policy.kind) {
+            let why = format!("not a {} policy (--type)", policy_kind_name(kind));
+            plan.push((line, key, Step::Skip(why)));
+            continue;
+        }
+        let existing = stored.get(&key);
+        let step = match existing {
+            None => Step::Create(policy),
+            Some(existing) if same_settings(existing, &policy) => {
+                Step::Skip("unchanged".to_owned())
+            }
+            Some(_) if args.skip_existing => {
+                Step::Skip("exists with other settings (--skip-existing)".to_owned())
+            }
+            Some(existing) if args.update => {
+                let mut after = policy;
+                after.created_at = existing.created_at;
+                Step::Update {
+                    before: existing.clone(),
+                    after,
                 }
             }
+            Some(existing) => {
+                errors.push(RowError {
+                    line,
+                    message: format!(
+                        "the {} already exists with other settings ({}); pass --update \
+                         to replace it or --skip-existing to keep it",
+                        describe_key(&key),
+                        describe_limits(existing)
+                    ),
+                });
+                continue;
+            }
         };
+        preconditions.push(PolicyChange::Expect {
+            key: key.clone(),
+            current: existing.cloned(),
+        });
         plan.push((line, key, step));
     }
     if !errors.is_empty() {
         return Err(rejection(&args.file, &errors));
     }
 
-    let (mut created, mut updated, mut skipped) = (0, 0, 0);
-    let mut changes = Vec::new();
-    let mut audit = Vec::new();
-    let mut lines = Vec::new();
+    let mut import = ImportPlan {
+        lines: Vec::new(),
+        changes: preconditions,
+        audit: Vec::new(),
+        created: 0,
+        updated: 0,
+        skipped: 0,
+    };
     let file = args.file.display().to_string();
     for (line, key, step) in plan {
         match step {
             Step::Create(policy) => {
-                created += 1;
-                lines.push(format!(
+                import.created += 1;
+                import.lines.push(format!(
                     "line {line}: create the {}: {}",
                     describe_key(&key),
                     describe_limits(&policy)
                 ));
-                audit.push(audit_entry(
+                import.audit.push(audit_entry(
                     "policy.import",
                     key.to_string(),
                     json!({ "file": file, "line": line, "before": null, "after": policy }),
                 ));
-                changes.push(PolicyChange::Put(policy));
+                import.changes.push(PolicyChange::Put(policy));
             }
             Step::Update { before, after } => {
-                updated += 1;
-                lines.push(format!(
+                import.updated += 1;
+                import.lines.push(format!(
                     "line {line}: update the {}: {} (was {})",
                     describe_key(&key),
                     describe_limits(&after),
                     describe_limits(&before)
                 ));
-                audit.push(audit_entry(
+                import.audit.push(audit_entry(
                     "policy.import",
                     key.to_string(),
                     json!({ "file": file, "line": line, "before": before, "after": after }),
                 ));
-                changes.push(PolicyChange::Put(after));
+                import.changes.push(PolicyChange::Put(after));
             }
             Step::Skip(why) => {
-                skipped += 1;
-                lines.push(format!(
+                import.skipped += 1;
+                import.lines.push(format!(
                     "line {line}: skip the {}: {why}",
                     describe_key(&key)
                 ));
             }
         }
     }
+    Ok(import)
+}
 
-    if args.dry_run {
-        lines.push(format!(
-            "Dry run: {created} to create, {updated} to update, {skipped} to skip; nothing was \
-             changed."
-        ));
-        output::line(&lines.join("\n"));
-        return Ok(());
+/// Writes a planned import in one store transaction and returns its
+/// summary. A precondition that no longer holds fails the whole import
+/// with a user error that names the changed policies.
+async fn apply_import(
+    args: &ImportArgs,
+    plan: ImportPlan,
+    store: &dyn Store,
+) -> anyhow::Result<String> {
+    let file = args.file.display();
+    if plan.has_writes() {
+        tracing::debug!(
+            file = %file,
+            changes = plan.changes.len(),
+            "applying the planned import"
+        );
+        match store.apply_policy_changes(&plan.changes, &plan.audit).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict { changed }) => {
+                let listed: Vec<String> = changed.iter().map(ToString::to_string).collect();
+                return Err(user_error(format!(
+                    "nothing was imported from {file} because {} {} changed by someone \
+                     else after the import read the stored policies; run the import again \
+                     to plan against the current policies",
+                    listed.join(", "),
+                    if listed.len() == 1 { "was" } else { "were" }
+                )));
+            }
+            Err(error) => return Err(error.into()),
+        }
     }
-    if !changes.is_empty() {
-        store.apply_policy_changes(&changes, &audit).await?;
-    }
-    output::line(&format!(
-        "Imported {file}: {created} created, {updated} updated, {skipped} skipped."
-    ));
-    Ok(())
+    Ok(format!(
+        "Imported {file}: {} created, {} updated, {} skipped.",
+        plan.created, plan.updated, plan.skipped
+    ))
 }
 
 /// Builds the error that lists every bad row of a rejected import.
@@ -762,4 +850,193 @@ fn rejection(path: &Path, errors: &[RowError]) -> anyhow::Error {
         },
         listed.join("\n")
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use tollgate_protocol::check::PolicyKind;
+
+    use super::*;
+    use crate::cli::UserError;
+    use crate::store::sqlite::SqliteStore;
+
+    /// Parses `tollgate quota import` arguments as the binary does.
+    #[derive(Parser)]
+    struct Harness {
+        #[command(flatten)]
+        import: ImportArgs,
+    }
+
+    fn import_args(file: &Path, db: &Path, extra: &[&str]) -> ImportArgs {
+        let mut argv = vec![
+            "import".to_owned(),
+            file.display().to_string(),
+            "--db".to_owned(),
+            db.display().to_string(),
+            "--identity-claim".to_owned(),
+            "email".to_owned(),
+        ];
+        argv.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        Harness::try_parse_from(argv)
+            .expect("the test's import arguments parse")
+            .import
+    }
+
+    fn user_policy(identifier: &str, monthly: u64) -> Policy {
+        Policy::new(PolicyKind::User, identifier, monthly, Utc::now()).expect("a valid policy")
+    }
+
+    async fn import_actions(store: &SqliteStore) -> usize {
+        store
+            .read_audit(100)
+            .await
+            .expect("the audit log reads")
+            .iter()
+            .filter(|entry| entry.action == "policy.import")
+            .count()
+    }
+
+    #[tokio::test]
+    async fn import_rejects_policy_changed_after_plan() {
+        let folder = tempfile::tempdir().expect("a temporary folder");
+        let db = folder.path().join("tollgate.db");
+        let file = folder.path().join("policies.csv");
+        std::fs::write(
+            &file,
+            "kind,identifier,monthly_limit\nuser,ann@example.com,2M\ngroup,eng,5M\n",
+        )
+        .expect("the import file is written");
+        let store = SqliteStore::open(&db).expect("the store opens");
+        store
+            .put_policy(&user_policy("ann@example.com", 1_000_000))
+            .await
+            .expect("the first policy is stored");
+
+        let args = import_args(&file, &db, &["--update"]);
+        let policies = read_import(&args).expect("every row is valid");
+        let plan = plan_import(&args, policies, &store)
+            .await
+            .expect("the import plans");
+
+        // Another admin changes the policy through its own connection
+        // between the plan and the apply.
+        let other_admin = SqliteStore::open(&db).expect("a second connection opens");
+        let concurrent = user_policy("ann@example.com", 3_000_000);
+        other_admin
+            .put_policy(&concurrent)
+            .await
+            .expect("the concurrent change is stored");
+
+        let error = apply_import(&args, plan, &store)
+            .await
+            .expect_err("a stale plan must not apply");
+        assert!(
+            error.downcast_ref::<UserError>().is_some(),
+            "a conflict exits as a user error: {error:#}"
+        );
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("nothing was imported"),
+            "says nothing changed: {message}"
+        );
+        assert!(
+            message.contains("user:ann@example.com"),
+            "names the changed policy: {message}"
+        );
+        assert!(
+            !message.contains("group:eng"),
+            "names only the changed policy: {message}"
+        );
+        assert!(
+            message.contains("run the import again"),
+            "says what to do: {message}"
+        );
+        assert_eq!(
+            store.list_policies().await.expect("the policies read"),
+            [concurrent],
+            "the store keeps the concurrent change and gets no new policy"
+        );
+        assert_eq!(import_actions(&store).await, 0, "no import audit entry");
+
+        // Planned again, the import applies over the current policy.
+        let policies = read_import(&args).expect("every row is valid");
+        let plan = plan_import(&args, policies, &store)
+            .await
+            .expect("the import plans");
+        apply_import(&args, plan, &store)
+            .await
+            .expect("a fresh plan applies");
+        let limits: Vec<(String, u64)> = store
+            .list_policies()
+            .await
+            .expect("the policies read")
+            .into_iter()
+            .map(|policy| (policy.identifier, policy.monthly_limit))
+            .collect();
+        assert_eq!(
+            limits,
+            [
+                ("ann@example.com".to_owned(), 2_000_000),
+                ("eng".to_owned(), 5_000_000)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn second_of_two_imports_conflicts() {
+        let folder = tempfile::tempdir().expect("a temporary folder");
+        let db = folder.path().join("tollgate.db");
+        let first_file = folder.path().join("first.json");
+        let second_file = folder.path().join("second.csv");
+        std::fs::write(
+            &first_file,
+            r#"[{"kind": "group", "identifier": "eng", "monthly_limit": "5M"}]"#,
+        )
+        .expect("the first import file is written");
+        std::fs::write(
+            &second_file,
+            "kind,identifier,monthly_limit\ngroup,eng,7M\ngroup,ops,1M\n",
+        )
+        .expect("the second import file is written");
+        let store = SqliteStore::open(&db).expect("the store opens");
+
+        // Both imports read an empty store, so both plan to create eng.
+        let first_args = import_args(&first_file, &db, &[]);
+        let second_args = import_args(&second_file, &db, &[]);
+        let first_plan = plan_import(
+            &first_args,
+            read_import(&first_args).expect("valid rows"),
+            &store,
+        )
+        .await
+        .expect("the first import plans");
+        let second_plan = plan_import(
+            &second_args,
+            read_import(&second_args).expect("valid rows"),
+            &store,
+        )
+        .await
+        .expect("the second import plans");
+
+        apply_import(&first_args, first_plan, &store)
+            .await
+            .expect("the first import applies");
+        let error = apply_import(&second_args, second_plan, &store)
+            .await
+            .expect_err("the second import's plan is stale");
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("group:eng"),
+            "names the policy the first import created: {message}"
+        );
+        assert!(
+            !message.contains("group:ops"),
+            "does not name the policy nobody changed: {message}"
+        );
+        let stored = store.list_policies().await.expect("the policies read");
+        assert_eq!(stored.len(), 1, "the second import created nothing");
+        assert_eq!(stored[0].monthly_limit, 5_000_000, "the first import's eng");
+        assert_eq!(import_actions(&store).await, 1, "one import audit entry");
+    }
 }
