@@ -36,6 +36,22 @@ pub struct OidcOptions {
     pub id_token_ttl: Option<u64>,
     /// The access token lifetime in seconds (the provider's default is 3600).
     pub access_token_ttl: Option<u64>,
+    /// The device authorization grant's settings.
+    pub device_flow: DeviceFlowOptions,
+}
+
+/// Settings of the provider's device authorization grant (RFC 8628).
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFlowOptions {
+    /// The device code lifetime in seconds (the provider's default is 600).
+    pub code_ttl: Option<u64>,
+    /// The polling interval in seconds that the device authorization
+    /// response announces. `None` announces none, so clients use 5.
+    pub interval: Option<u64>,
+    /// Sends `slow_down` for a poll sooner than the device code's interval
+    /// after the device authorization or the previous poll, and adds 5 s to
+    /// that code's interval each time.
+    pub enforce_interval: bool,
 }
 
 /// Request counts from `GET /__stats`.
@@ -47,6 +63,19 @@ pub struct OidcStats {
     pub device_authorization_requests: u64,
     /// Login and consent pages shown, by prompt name.
     pub interactions: BTreeMap<String, u64>,
+    /// Device code polls of the token endpoint in order, keyed by a
+    /// fingerprint of the device code.
+    #[serde(default)]
+    pub device_polls: BTreeMap<String, Vec<DevicePoll>>,
+}
+
+/// One device code poll of the token endpoint.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DevicePoll {
+    /// When the request arrived, in milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// The OAuth error code of the response, or `tokens`.
+    pub outcome: String,
 }
 
 impl OidcStats {
@@ -106,6 +135,15 @@ impl OidcProvider {
         if let Some(ttl) = options.access_token_ttl {
             command.env("OIDC_ACCESS_TOKEN_TTL", ttl.to_string());
         }
+        if let Some(ttl) = options.device_flow.code_ttl {
+            command.env("OIDC_DEVICE_CODE_TTL", ttl.to_string());
+        }
+        if let Some(interval) = options.device_flow.interval {
+            command.env("OIDC_DEVICE_INTERVAL", interval.to_string());
+        }
+        if options.device_flow.enforce_interval {
+            command.env("OIDC_DEVICE_ENFORCE_INTERVAL", "1");
+        }
         let (service, issuer) =
             Service::spawn_until_line("oidc", command, log_dir, "ready ", START_TIMEOUT)?;
         Ok(Self {
@@ -132,6 +170,15 @@ impl OidcProvider {
     /// Sets every request count back to zero.
     pub fn reset_stats(&self) -> Result<()> {
         http::post_empty(&format!("{}/__stats/reset", self.issuer))?;
+        Ok(())
+    }
+
+    /// Sets the lifetime of the device codes issued from now on.
+    pub fn set_device_code_ttl(&self, seconds: u64) -> Result<()> {
+        http::post_empty(&format!(
+            "{}/__device-code-ttl?seconds={seconds}",
+            self.issuer
+        ))?;
         Ok(())
     }
 

@@ -22,7 +22,7 @@ use tollgate_protocol::paths;
 use crate::backend::{Backend, BackendOptions};
 use crate::locate::{AGENT, SHIM, binary, free_port, support_dir, venv_bin_dir, venv_program};
 use crate::moto::Moto;
-use crate::oidc::{CLIENT_ID, OidcOptions, OidcProvider};
+use crate::oidc::{CLIENT_ID, DeviceFlowOptions, OidcOptions, OidcProvider};
 use crate::process::{self, Service, wait_for};
 use crate::proxy::CountingProxy;
 
@@ -246,6 +246,12 @@ impl StackBuilder {
     /// Sets the provider's ID token lifetime in seconds.
     pub fn id_token_ttl(mut self, seconds: u64) -> Self {
         self.oidc.id_token_ttl = Some(seconds);
+        self
+    }
+
+    /// Sets the provider's device authorization grant settings.
+    pub fn device_flow(mut self, options: DeviceFlowOptions) -> Self {
+        self.oidc.device_flow = options;
         self
     }
 

@@ -1,8 +1,9 @@
-//! Logins other than the first browser login: the device code flow, ID
-//! token renewal with the refresh token, and a new login once the provider
-//! rejects the refresh token.
+//! Logins other than the first browser login: the device code flow, a busy
+//! redirect port, ID token renewal with the refresh token, and a new login
+//! once the provider rejects the refresh token.
 
 use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -102,6 +103,46 @@ fn device_code_login_completes() -> Result<()> {
     assert_eq!(stack.sts().exchanges().len(), 1);
     let session_name = stack.sts().exchanges()[0].form_field("RoleSessionName");
     assert_eq!(session_name.as_deref(), Some("oscar@example.com"));
+    Ok(())
+}
+
+#[test]
+fn busy_redirect_port_named() -> Result<()> {
+    let stack = Stack::builder()
+        .profile(ProfileSpec::new("bedrock"))
+        .start()?;
+    let port = stack.redirect_port("bedrock");
+    let config = stack.config_path().display().to_string();
+
+    // Another program listens on the redirect port the provider allows.
+    let occupant = TcpListener::bind(("127.0.0.1", port))
+        .with_context(|| format!("failed to occupy 127.0.0.1:{port}"))?;
+    let output = stack.shim("bedrock")?;
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", output.stderr);
+    assert!(
+        output
+            .stderr
+            .contains(&format!("port 127.0.0.1:{port} is in use")),
+        "the message names the port: {}",
+        output.stderr
+    );
+    assert!(
+        output
+            .stderr
+            .contains(&format!("set redirect_port in `{config}`")),
+        "the message names the fix: {}",
+        output.stderr
+    );
+    let stats = stack.oidc().stats()?;
+    assert_eq!(stats.authorization_requests, 0, "no login was started");
+    assert!(stack.browser_urls().is_empty(), "no browser was opened");
+
+    // Once the port is free, the same agent logs in on it.
+    drop(occupant);
+    stack
+        .shim("bedrock")?
+        .ensure_success("the shim after the port was freed")?;
+    assert_eq!(stack.oidc().stats()?.authorization_requests, 1);
     Ok(())
 }
 

@@ -36,6 +36,22 @@ pub enum LoginError {
         "no browser login finished within {seconds} seconds; run `tollgate-agent login` again and finish the login in the browser, or raise login_timeout_seconds"
     )]
     TimedOut { seconds: u64 },
+    #[error(
+        "the device code for profile `{profile}` expired after {seconds} seconds before the sign-in was confirmed at the identity provider; run `tollgate-agent login --profile {profile} --device-code` (or repeat the AWS command) and enter the new code within {seconds} seconds"
+    )]
+    DeviceCodeExpired { profile: String, seconds: u64 },
+    #[error(
+        "no device code sign-in for profile `{profile}` was confirmed within login_timeout_seconds ({seconds} seconds); run `tollgate-agent login --profile {profile} --device-code` again and confirm the code sooner, or raise login_timeout_seconds"
+    )]
+    DeviceLoginTimedOut { profile: String, seconds: u64 },
+    #[error(
+        "the sign-in for profile `{profile}` was refused at the identity provider (access_denied: {description}); run `tollgate-agent login --profile {profile}` again and approve the request, or ask the identity provider's administrator whether your account may use client `{client_id}`"
+    )]
+    AccessDenied {
+        profile: String,
+        client_id: String,
+        description: String,
+    },
     #[error("the agent is shutting down, so the login was cancelled")]
     Cancelled,
     #[error("the identity provider sent an ID token that failed validation: {0}")]

@@ -21,9 +21,10 @@ use openidconnect::core::{
 };
 use openidconnect::{
     AdditionalProviderMetadata, AuthorizationCode, ClaimsVerificationError, ClientId, CsrfToken,
-    DeviceAuthorizationUrl, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce,
-    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
-    RefreshToken, RequestTokenError, Scope, TokenResponse,
+    DeviceAuthorizationUrl, DeviceCodeErrorResponse, DeviceCodeErrorResponseType, EndpointMaybeSet,
+    EndpointNotSet, EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
+    PkceCodeVerifier, ProviderMetadata, RedirectUrl, RefreshToken, RequestTokenError, Scope,
+    TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -315,22 +316,25 @@ impl Oidc {
             ),
             Some(open_url),
         );
-        tracing::info!(profile = %profile.name, "waiting for the device code login");
-        let timeout = Duration::from_secs(profile.login_timeout_seconds).min(details.expires_in());
-        let started = Instant::now();
+        let expires_in = details.expires_in();
+        let login_timeout = Duration::from_secs(profile.login_timeout_seconds);
+        tracing::info!(profile = %profile.name, expires_in = expires_in.as_secs(), interval = details.interval().as_secs(), "waiting for the device code login");
+        // oauth2 polls at the announced interval and adds 5 s after each
+        // `slow_down` (RFC 8628, section 3.5). When the timeout passes, it
+        // stops with a synthesized `expired_token` error.
         let polling = client
             .exchange_device_access_token(&details)
             .map_err(|error| {
                 LoginError::Failed(format!("the provider announces no token endpoint: {error}"))
             })?
-            .request_async(&self.http, tokio::time::sleep, Some(timeout));
+            .request_async(
+                &self.http,
+                tokio::time::sleep,
+                Some(login_timeout.min(expires_in)),
+            );
         let response = tokio::select! {
             response = polling => response.map_err(|error| {
-                if started.elapsed() >= timeout {
-                    LoginError::TimedOut { seconds: timeout.as_secs() }
-                } else {
-                    LoginError::Failed(format!("the device code login failed: {}", error_chain(&error)))
-                }
+                device_poll_error(profile, &error, login_timeout, expires_in)
             })?,
             () = cancel.cancelled() => return Err(LoginError::Cancelled),
         };
@@ -375,6 +379,48 @@ impl Oidc {
                 .or(previous_refresh_token),
             identity,
         })
+    }
+}
+
+/// Maps the error that ended device code polling to a [`LoginError`]:
+/// `expired_token` (from the provider, or oauth2's own when the timeout
+/// passed) means the code expired unless `login_timeout` cut the wait
+/// shorter, and `access_denied` means the user refused the sign-in.
+fn device_poll_error<RE: std::error::Error + 'static>(
+    profile: &Profile,
+    error: &RequestTokenError<RE, DeviceCodeErrorResponse>,
+    login_timeout: Duration,
+    expires_in: Duration,
+) -> LoginError {
+    let RequestTokenError::ServerResponse(body) = error else {
+        return LoginError::Failed(format!(
+            "the device code login failed: {}",
+            error_chain(error)
+        ));
+    };
+    match body.error() {
+        DeviceCodeErrorResponseType::ExpiredToken if login_timeout < expires_in => {
+            LoginError::DeviceLoginTimedOut {
+                profile: profile.name.clone(),
+                seconds: login_timeout.as_secs(),
+            }
+        }
+        DeviceCodeErrorResponseType::ExpiredToken => LoginError::DeviceCodeExpired {
+            profile: profile.name.clone(),
+            seconds: expires_in.as_secs(),
+        },
+        DeviceCodeErrorResponseType::AccessDenied => LoginError::AccessDenied {
+            profile: profile.name.clone(),
+            client_id: profile.client_id.clone(),
+            description: body
+                .error_description()
+                .cloned()
+                .unwrap_or_else(|| "no description".to_string()),
+        },
+        _ => LoginError::Failed(format!(
+            "the device code login failed: {}",
+            error_chain(error)
+        )),
     }
 }
 
@@ -446,6 +492,66 @@ mod tests {
         let message = claim_value(&token, "email").unwrap_err();
         assert!(message.contains("has no `email` claim"), "{message}");
         assert!(message.contains("(aud, sub)"), "{message}");
+    }
+
+    fn profile() -> Profile {
+        let text = r#"
+[profiles.bedrock]
+issuer = "http://127.0.0.1:9400"
+client_id = "tollgate-cli"
+role_arn = "arn:aws:iam::123456789012:role/ClaudeCodeBedrock"
+region = "us-east-1"
+"#;
+        crate::config::parse(std::path::Path::new("agent.toml"), text)
+            .expect("the test config is valid")
+            .profiles["bedrock"]
+            .clone()
+    }
+
+    fn poll_error(kind: DeviceCodeErrorResponseType, login_timeout: u64) -> LoginError {
+        let error = RequestTokenError::<std::io::Error, _>::ServerResponse(
+            DeviceCodeErrorResponse::new(kind, Some("End-User aborted interaction".into()), None),
+        );
+        device_poll_error(
+            &profile(),
+            &error,
+            Duration::from_secs(login_timeout),
+            Duration::from_secs(600),
+        )
+    }
+
+    #[test]
+    fn expired_device_code_names_restart() {
+        let message = poll_error(DeviceCodeErrorResponseType::ExpiredToken, 900).to_string();
+        assert!(message.contains("expired after 600 seconds"), "{message}");
+        assert!(
+            message.contains("tollgate-agent login --profile bedrock --device-code"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn shorter_login_timeout_named() {
+        let error = poll_error(DeviceCodeErrorResponseType::ExpiredToken, 120);
+        assert!(
+            matches!(error, LoginError::DeviceLoginTimedOut { seconds: 120, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("login_timeout_seconds"));
+    }
+
+    #[test]
+    fn access_denied_names_refusal() {
+        let message = poll_error(DeviceCodeErrorResponseType::AccessDenied, 300).to_string();
+        assert!(
+            message.contains("was refused at the identity provider"),
+            "{message}"
+        );
+        assert!(
+            message.contains("End-User aborted interaction"),
+            "{message}"
+        );
+        assert!(message.contains("client `tollgate-cli`"), "{message}");
     }
 
     #[test]

@@ -55,7 +55,9 @@ impl From<ConfigError> for AgentError {
 impl From<LoginError> for AgentError {
     fn from(error: LoginError) -> Self {
         let kind = match error {
-            LoginError::TimedOut { .. } => ErrorKind::LoginTimedOut,
+            LoginError::TimedOut { .. }
+            | LoginError::DeviceCodeExpired { .. }
+            | LoginError::DeviceLoginTimedOut { .. } => ErrorKind::LoginTimedOut,
             _ => ErrorKind::LoginFailed,
         };
         Self::new(kind, error.to_string())

@@ -21,10 +21,24 @@
 //   OIDC_ACCESS_TOKEN_TTL                access token lifetime in seconds (3600)
 //   OIDC_REFRESH_TOKEN_TTL               refresh token lifetime in seconds (1209600)
 //   OIDC_CLIENT_ID                       client id (tollgate-cli)
+//   OIDC_DEVICE_CODE_TTL                 device code lifetime in seconds (600)
+//   OIDC_DEVICE_INTERVAL                 the polling `interval` in seconds that
+//                                        the device authorization response
+//                                        announces; unset, it announces none
+//                                        and clients use 5 (RFC 8628)
+//   OIDC_DEVICE_ENFORCE_INTERVAL         `1` sends `slow_down` for a device code
+//                                        poll that comes sooner than the
+//                                        interval after the device authorization
+//                                        or the previous poll, and adds 5 s to
+//                                        that code's interval each time
+//                                        (RFC 8628, section 3.5)
 //
 // Test-only endpoints, outside the OpenID Connect routes:
 //   GET  /__stats                 request counts as JSON (see `emptyStats`)
 //   POST /__stats/reset           sets every count back to zero
+//   POST /__device-code-ttl?seconds=N
+//                                 sets the lifetime of device codes issued
+//                                 from now on
 //   GET  /__issued-tokens         every access, ID and refresh token that the
 //                                 token endpoint returned, as a JSON list, so
 //                                 tests can check that no log contains one
@@ -35,13 +49,22 @@
 // Once listening it prints `ready http://127.0.0.1:<port>` on stdout. State
 // lives in memory and ends with the process.
 
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 
 import Provider from 'oidc-provider';
 
 const DEVICE_CODE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
+
+// The polling interval clients use when the provider announces none.
+const DEFAULT_DEVICE_INTERVAL = 5;
+
+// How much each `slow_down` adds to a device code's interval.
+const SLOW_DOWN_STEP = 5;
+
+// The largest token request body the interval check reads.
+const MAX_TOKEN_BODY = 56 * 1024;
 
 function fail(message) {
   process.stderr.write(`oidc: ${message}\n`);
@@ -58,6 +81,17 @@ function parseSeconds(name, fallback) {
     fail(`invalid ${name}=${JSON.stringify(raw)}: expected a positive number of seconds`);
   }
   return value;
+}
+
+function parseFlag(name) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '' || raw === '0') {
+    return false;
+  }
+  if (raw !== '1') {
+    fail(`invalid ${name}=${JSON.stringify(raw)}: expected 1 (on) or 0 (off)`);
+  }
+  return true;
 }
 
 function parsePort(label, raw) {
@@ -105,6 +139,9 @@ function readSettings() {
     idTokenTtl: parseSeconds('OIDC_ID_TOKEN_TTL', 3600),
     accessTokenTtl: parseSeconds('OIDC_ACCESS_TOKEN_TTL', 3600),
     refreshTokenTtl: parseSeconds('OIDC_REFRESH_TOKEN_TTL', 14 * 24 * 3600),
+    deviceCodeTtl: parseSeconds('OIDC_DEVICE_CODE_TTL', 600),
+    deviceInterval: parseSeconds('OIDC_DEVICE_INTERVAL', null),
+    enforceDeviceInterval: parseFlag('OIDC_DEVICE_ENFORCE_INTERVAL'),
   };
 }
 
@@ -120,6 +157,11 @@ function emptyStats() {
     device_authorization_requests: 0,
     // Login and consent pages shown, by prompt name (`login`, `consent`).
     interactions: {},
+    // Device code polls of the token endpoint in order, keyed by a fingerprint
+    // of the device code (the first 16 hex digits of its SHA-256). Each poll
+    // has its arrival time in milliseconds since the Unix epoch and its
+    // outcome: the OAuth error code, or `tokens`.
+    device_polls: {},
   };
 }
 
@@ -197,7 +239,7 @@ function buildProvider(settings, issuer, port, state) {
       IdToken: settings.idTokenTtl,
       RefreshToken: settings.refreshTokenTtl,
       AuthorizationCode: 300,
-      DeviceCode: 600,
+      DeviceCode: () => state.deviceCodeTtl,
       Grant: settings.refreshTokenTtl,
       Interaction: 3600,
       Session: 14 * 24 * 3600,
@@ -217,19 +259,37 @@ function buildProvider(settings, issuer, port, state) {
     process.stderr.write(`oidc: server error: ${error.stack ?? error}\n`);
   });
 
-  // Counts requests by route once oidc-provider has parsed them.
+  // Counts requests by route once oidc-provider has parsed them, and
+  // records device code polls, including those the interval check rejected.
   provider.use(async (ctx, next) => {
+    const arrived = Date.now();
     await next();
-    const route = ctx.oidc?.route;
+    const slowDown = ctx.state.slowDown;
+    const route = slowDown ? 'token' : ctx.oidc?.route;
+    const params = slowDown ? slowDown.params : ctx.oidc?.params;
     if (route === 'authorization') {
       stats.authorization_requests += 1;
     } else if (route === 'device_authorization') {
       stats.device_authorization_requests += 1;
+      if (ctx.status === 200 && typeof ctx.body?.device_code === 'string') {
+        if (settings.deviceInterval !== null) {
+          ctx.body.interval = settings.deviceInterval;
+        }
+        state.deviceCodes.set(fingerprint(ctx.body.device_code), {
+          lastRequest: arrived,
+          interval: settings.deviceInterval ?? DEFAULT_DEVICE_INTERVAL,
+        });
+      }
     } else if (route === 'token') {
-      const grant = ctx.oidc.params?.grant_type ?? 'unknown';
+      const grant = params?.grant_type ?? 'unknown';
       stats.token_requests[grant] = (stats.token_requests[grant] ?? 0) + 1;
       if (ctx.status >= 400) {
         stats.token_errors[grant] = (stats.token_errors[grant] ?? 0) + 1;
+      }
+      if (grant === DEVICE_CODE_GRANT && typeof params.device_code === 'string') {
+        const key = fingerprint(params.device_code);
+        const outcome = ctx.status === 200 ? 'tokens' : (ctx.body?.error ?? `HTTP ${ctx.status}`);
+        (stats.device_polls[key] ??= []).push({ at_ms: arrived, outcome });
       }
       for (const kind of ['access_token', 'id_token', 'refresh_token']) {
         if (typeof ctx.body?.[kind] === 'string') {
@@ -239,7 +299,68 @@ function buildProvider(settings, issuer, port, state) {
     }
   });
 
+  if (settings.enforceDeviceInterval) {
+    provider.use(deviceIntervalCheck(state));
+  }
+
   return provider;
+}
+
+// Returns a short, stable name for a device code that does not reveal it.
+function fingerprint(deviceCode) {
+  return createHash('sha256').update(deviceCode).digest('hex').slice(0, 16);
+}
+
+async function readBody(req) {
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of req.iterator({ destroyOnReturn: false })) {
+    size += chunk.length;
+    if (size > MAX_TOKEN_BODY) {
+      throw new Error(`token request body larger than ${MAX_TOKEN_BODY} bytes`);
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+// Sends `slow_down` (RFC 8628, section 3.5) for a device code poll that
+// comes sooner than the code's interval after the device authorization or
+// the previous poll, and adds 5 s to that code's interval. Other token
+// requests pass through with the body it read in `req.body`, where
+// oidc-provider finds it (and says once on stderr that it did).
+function deviceIntervalCheck(state) {
+  return async (ctx, next) => {
+    if (ctx.method !== 'POST' || ctx.path !== '/token'
+      || !ctx.is('application/x-www-form-urlencoded')) {
+      return next();
+    }
+    const arrived = Date.now();
+    const text = await readBody(ctx.req);
+    ctx.req.body = text;
+    const params = Object.fromEntries(new URLSearchParams(text));
+    if (params.grant_type !== DEVICE_CODE_GRANT || typeof params.device_code !== 'string') {
+      return next();
+    }
+    const code = state.deviceCodes.get(fingerprint(params.device_code));
+    if (code === undefined) {
+      return next();
+    }
+    const early = arrived - code.lastRequest < code.interval * 1000;
+    code.lastRequest = arrived;
+    if (!early) {
+      return next();
+    }
+    code.interval += SLOW_DOWN_STEP;
+    ctx.state.slowDown = { params };
+    ctx.status = 400;
+    ctx.set('cache-control', 'no-store');
+    ctx.body = {
+      error: 'slow_down',
+      error_description: `poll at most every ${code.interval} seconds`,
+    };
+    return undefined;
+  };
 }
 
 // Destroys the stored refresh tokens of one account, or of all when `sub`
@@ -271,6 +392,17 @@ async function handleTestRoute(req, res, url, state) {
   } else if (url.pathname === '/__stats/reset' && req.method === 'POST') {
     Object.assign(state.stats, emptyStats());
     sendJson(res, 200, state.stats);
+  } else if (url.pathname === '/__device-code-ttl' && req.method === 'POST') {
+    const seconds = Number(url.searchParams.get('seconds'));
+    if (!Number.isInteger(seconds) || seconds <= 0) {
+      sendJson(res, 400, {
+        error: 'invalid_request',
+        message: `seconds=${url.searchParams.get('seconds')} is not a positive whole number`,
+      });
+      return;
+    }
+    state.deviceCodeTtl = seconds;
+    sendJson(res, 200, { device_code_ttl: seconds });
   } else if (url.pathname === '/__issued-tokens' && req.method === 'GET') {
     sendJson(res, 200, state.issuedTokens);
   } else if (url.pathname === '/__revoke-refresh-tokens' && req.method === 'POST') {
@@ -288,6 +420,9 @@ async function main() {
     stats: emptyStats(),
     refreshTokens: new Map(),
     issuedTokens: [],
+    // Interval-check state per device code fingerprint.
+    deviceCodes: new Map(),
+    deviceCodeTtl: settings.deviceCodeTtl,
     provider: null,
     handler: null,
   };
