@@ -124,9 +124,16 @@ impl DeviceLogin {
 
     /// Waits for the login to exit and returns its status and whole output.
     fn finish(mut self) -> Result<(ExitStatus, String)> {
-        let status = wait_for("tollgate-agent login to exit", STEP_TIMEOUT, || {
+        let status = match wait_for("tollgate-agent login to exit", STEP_TIMEOUT, || {
             Ok(self.child.try_wait()?)
-        })?;
+        }) {
+            Ok(status) => status,
+            Err(error) => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err(error.context(format!("output so far: {:?}", self.seen)));
+            }
+        };
         // The reader threads end at the pipes' end of file.
         while self.next_line(Duration::from_secs(5)).is_some() {}
         Ok((status, self.seen.join("\n")))
@@ -184,19 +191,14 @@ fn slow_down_backs_off_and_completes() -> Result<()> {
 
     let login = DeviceLogin::start(&stack, &profile)?;
     login.confirm("oscar", false)?;
-    let (status, output) = login.finish()?;
-    assert!(status.success(), "the login failed: {output}");
-
+    // The poll record explains a login that never finished, so it is
+    // checked before the login's own result.
+    let finished = login.finish();
     let polls = only_device_polls(&stack)?;
     let outcomes: Vec<&str> = polls.iter().map(|poll| poll.outcome.as_str()).collect();
     assert!(
         outcomes.contains(&"slow_down"),
         "the provider sent slow_down: {outcomes:?}"
-    );
-    assert_eq!(
-        outcomes.last(),
-        Some(&"tokens"),
-        "the login completed: {outcomes:?}"
     );
     // The interval grows by 5 s with each slow_down and stays grown for
     // all later polls of the same code.
@@ -218,6 +220,13 @@ fn slow_down_backs_off_and_completes() -> Result<()> {
             .count(),
         1,
         "one slow_down was enough: {outcomes:?}"
+    );
+    let (status, output) = finished?;
+    assert!(status.success(), "the login failed: {output}");
+    assert_eq!(
+        outcomes.last(),
+        Some(&"tokens"),
+        "the login completed: {outcomes:?}"
     );
 
     stack
