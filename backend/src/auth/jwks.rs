@@ -1,14 +1,24 @@
 //! The issuer's signing keys: OIDC discovery and a cached JWKS.
 //!
 //! The JWKS URL comes from `<issuer>/.well-known/openid-configuration`. The
-//! key set is downloaded on first use and again when it is older than the
-//! maximum age. A token whose key id is not in the set triggers one more
-//! download, at most once per refetch interval, so a stream of tokens with
-//! made-up key ids cannot turn the server into a load generator against
-//! the issuer.
+//! key set is downloaded at start-up and then again by a background task
+//! ([`super::TokenValidator::spawn_key_refresh`]) every refresh interval:
+//! the JWKS response's `Cache-Control: max-age`, bounded by
+//! [`MIN_REFRESH_INTERVAL`] and the configured interval, or the configured
+//! interval when the response has none. A key missing from a new download
+//! is withdrawn: tokens signed with it are rejected, and the verified-token
+//! cache drops every entry verified with it. A download that fails, or that
+//! lists no usable key, keeps the previous set.
+//!
+//! A token whose key id is not in the set also triggers a download, at
+//! most once per refetch interval, so a stream of tokens with made-up key
+//! ids cannot turn the server into a load generator against the issuer.
 
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+
+use headers::{CacheControl, HeaderMapExt as _};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
@@ -16,6 +26,15 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::AuthConfig;
+use super::verified::VerifiedTokens;
+
+/// The shortest refresh interval a JWKS `Cache-Control: max-age` may set,
+/// so that `max-age=0` or `no-cache` does not make the server download the
+/// keys continuously. A configured interval below it still applies.
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How many withdrawn key ids are remembered to explain a rejection.
+const REMEMBERED_WITHDRAWN_KEYS: usize = 32;
 
 /// The reason no key was found for a token.
 #[derive(Debug, thiserror::Error)]
@@ -28,9 +47,23 @@ pub enum KeyLookupError {
     NotFound(String),
 }
 
+/// A key that verified a token: the key, and the serial that identifies it
+/// for the verified-token cache.
+#[derive(Clone)]
+pub struct FoundKey {
+    pub key: DecodingKey,
+    pub serial: u64,
+}
+
 /// One usable key from the JWKS.
 #[derive(Clone)]
 struct SigningKey {
+    /// A number that stays the same across downloads while the JWKS entry
+    /// (key id and key material) stays the same.
+    serial: u64,
+    /// The JWKS entry as downloaded, compared to recognise the same key in
+    /// the next download.
+    entry: Value,
     key_id: Option<String>,
     /// The `alg` the JWKS pins the key to, if any.
     algorithm: Option<KeyAlgorithm>,
@@ -39,6 +72,13 @@ struct SigningKey {
 }
 
 impl SigningKey {
+    fn found(&self) -> FoundKey {
+        FoundKey {
+            key: self.key.clone(),
+            serial: self.serial,
+        }
+    }
+
     /// Reports whether this key may verify a token signed with `algorithm`.
     fn accepts(&self, algorithm: Algorithm) -> bool {
         if self.key.family() != algorithm.family() {
@@ -62,6 +102,15 @@ impl SigningKey {
 struct KeySet {
     keys: Vec<SigningKey>,
     fetched_at: Option<Instant>,
+    /// Key ids that earlier downloads listed and later ones did not, the
+    /// most recent last.
+    withdrawn: Vec<String>,
+}
+
+impl KeySet {
+    fn contains_serial(&self, serial: u64) -> bool {
+        self.keys.iter().any(|key| key.serial == serial)
+    }
 }
 
 /// State of the downloads, guarded so only one runs at a time.
@@ -75,6 +124,13 @@ struct RefreshState {
     last_error: Option<String>,
 }
 
+/// Returns the time until the next background download: the JWKS
+/// response's `max_age` raised to [`MIN_REFRESH_INTERVAL`] and capped at
+/// `configured`, or `configured` when the response set no max-age.
+fn refresh_interval_for(max_age: Option<Duration>, configured: Duration) -> Duration {
+    max_age.map_or(configured, |age| age.max(MIN_REFRESH_INTERVAL).min(configured))
+}
+
 /// Reports whether `since` is unset or at least `interval` ago.
 fn elapsed_at_least(since: Option<Instant>, interval: Duration) -> bool {
     since.is_none_or(|instant| instant.elapsed() >= interval)
@@ -85,9 +141,16 @@ pub struct KeySource {
     http: reqwest::Client,
     issuer: String,
     refetch_interval: Duration,
-    max_age: Duration,
+    /// The configured refresh interval: the longest time between downloads.
+    refresh_interval: Duration,
     keys: RwLock<Arc<KeySet>>,
     refresh: tokio::sync::Mutex<RefreshState>,
+    next_serial: AtomicU64,
+    /// The verified-token cache, purged of a key's entries when the key is
+    /// withdrawn.
+    verified: Arc<VerifiedTokens>,
+    /// The refresh interval to wait before the next background download.
+    next_interval: Mutex<Duration>,
 }
 
 impl std::fmt::Debug for KeySource {
@@ -112,7 +175,8 @@ struct RawKeySet {
 
 impl KeySource {
     /// Builds a key source for `config.issuer`; nothing is downloaded yet.
-    pub fn new(config: &AuthConfig) -> Result<Self, reqwest::Error> {
+    /// Withdrawn keys' entries are removed from `verified`.
+    pub fn new(config: &AuthConfig, verified: Arc<VerifiedTokens>) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(config.http_timeout)
             .redirect(reqwest::redirect::Policy::limited(3))
@@ -122,16 +186,27 @@ impl KeySource {
             http,
             issuer: config.issuer.clone(),
             refetch_interval: config.jwks_refetch_interval,
-            max_age: config.jwks_max_age,
+            refresh_interval: config.jwks_refresh_interval,
             keys: RwLock::new(Arc::new(KeySet::default())),
             refresh: tokio::sync::Mutex::new(RefreshState::default()),
+            next_serial: AtomicU64::new(1),
+            verified,
+            next_interval: Mutex::new(config.jwks_refresh_interval),
         })
     }
 
-    /// Returns when the current key set was downloaded, which identifies
-    /// it: each download replaces the set.
-    pub fn key_set_version(&self) -> Option<Instant> {
-        self.snapshot().fetched_at
+    /// Reports whether the key with `serial` is in the current key set.
+    pub fn is_current(&self, serial: u64) -> bool {
+        self.snapshot().contains_serial(serial)
+    }
+
+    /// Returns how long the background refresh waits before its next
+    /// download.
+    pub fn refresh_interval(&self) -> Duration {
+        *self
+            .next_interval
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn snapshot(&self) -> Arc<KeySet> {
@@ -150,11 +225,13 @@ impl KeySource {
         &self,
         key_id: Option<&str>,
         algorithm: Algorithm,
-    ) -> Result<DecodingKey, KeyLookupError> {
+    ) -> Result<FoundKey, KeyLookupError> {
         let snapshot = self.snapshot();
+        // The background refresh keeps the set younger than the refresh
+        // interval; an older set means its downloads fail.
         let fresh = snapshot
             .fetched_at
-            .is_some_and(|fetched_at| fetched_at.elapsed() < self.max_age);
+            .is_some_and(|fetched_at| fetched_at.elapsed() < self.refresh_interval);
         if fresh && let Some(key) = select(&snapshot, key_id, algorithm)? {
             return Ok(key);
         }
@@ -206,6 +283,12 @@ impl KeySource {
         }
         select(&current, key_id, algorithm)?.ok_or_else(|| {
             KeyLookupError::NotFound(match key_id {
+                Some(key_id) if current.withdrawn.iter().any(|id| id == key_id) => format!(
+                    "the token is signed with the key {key_id:?}, which the issuer {} has \
+                     withdrawn from its JWKS; log in again to get a token signed with a \
+                     current key",
+                    self.issuer
+                ),
                 Some(key_id) => format!(
                     "the token's key id {key_id:?} is not in the JWKS of {}; log in again \
                      to get a token signed with a current key",
@@ -226,6 +309,24 @@ impl KeySource {
         self.download(&mut state)
             .await
             .map_err(KeyLookupError::Unavailable)
+    }
+
+    /// Downloads the JWKS for the background refresh and logs the outcome.
+    /// A failure keeps the current keys.
+    pub async fn refresh_in_background(&self) {
+        match self.refresh().await {
+            Ok(count) => {
+                tracing::debug!(issuer = %self.issuer, count, "refreshed the JWKS");
+            }
+            Err(error) => {
+                let kept = self.snapshot().keys.len();
+                tracing::warn!(
+                    issuer = %self.issuer,
+                    kept,
+                    "cannot refresh the JWKS, so the keys downloaded before stay in use: {error}"
+                );
+            }
+        }
     }
 
     async fn download(&self, state: &mut RefreshState) -> Result<usize, String> {
@@ -251,16 +352,85 @@ impl KeySource {
                 uri
             }
         };
-        let raw: RawKeySet = self.get_json(&jwks_uri, "JWKS").await?;
-        let keys = parse_keys(raw.keys);
+        let (raw, max_age): (RawKeySet, _) = self.get_json_with_max_age(&jwks_uri, "JWKS").await?;
+        let previous = self.snapshot();
+        let mut keys = parse_keys(raw.keys);
+        if keys.is_empty() {
+            // An issuer always publishes at least one signing key, so an
+            // empty set is a broken response, not a withdrawal of every key.
+            return Err(format!(
+                "the JWKS at {jwks_uri} lists no usable signing key; check the issuer's \
+                 key configuration"
+            ));
+        }
+        for key in &mut keys {
+            key.serial = previous
+                .keys
+                .iter()
+                .find(|old| old.entry == key.entry)
+                .map_or_else(
+                    || self.next_serial.fetch_add(1, Ordering::Relaxed),
+                    |old| old.serial,
+                );
+        }
+        let removed: Vec<&SigningKey> = previous
+            .keys
+            .iter()
+            .filter(|old| !keys.iter().any(|key| key.serial == old.serial))
+            .collect();
+        let mut withdrawn = previous.withdrawn.clone();
+        for old in &removed {
+            let Some(key_id) = &old.key_id else { continue };
+            // A key id that is still published names a new key, not a
+            // withdrawn one.
+            if keys.iter().any(|key| key.key_id.as_ref() == Some(key_id)) {
+                continue;
+            }
+            withdrawn.retain(|id| id != key_id);
+            withdrawn.push(key_id.clone());
+        }
+        withdrawn.retain(|id| !keys.iter().any(|key| key.key_id.as_ref() == Some(id)));
+        let excess = withdrawn.len().saturating_sub(REMEMBERED_WITHDRAWN_KEYS);
+        withdrawn.drain(..excess);
+
         let count = keys.len();
+        let removed_serials: Vec<u64> = removed.iter().map(|old| old.serial).collect();
+        for old in &removed {
+            let replaced = keys.iter().any(|key| key.key_id == old.key_id);
+            if replaced {
+                tracing::info!(
+                    issuer = %self.issuer,
+                    key_id = ?old.key_id,
+                    "the issuer published a new key under a known key id; the old key's \
+                     tokens are verified again"
+                );
+            } else {
+                tracing::info!(
+                    issuer = %self.issuer,
+                    key_id = ?old.key_id,
+                    "the issuer withdrew a signing key; tokens signed with it are rejected \
+                     from now on"
+                );
+            }
+        }
         *self
             .keys
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(KeySet {
             keys,
             fetched_at: Some(Instant::now()),
+            withdrawn,
         });
+        if !removed_serials.is_empty() {
+            let dropped = self.verified.remove_keys(&removed_serials);
+            tracing::debug!(dropped, "dropped cached verifications of withdrawn keys");
+        }
+
+        *self
+            .next_interval
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            refresh_interval_for(max_age, self.refresh_interval);
         Ok(count)
     }
 
@@ -285,6 +455,18 @@ impl KeySource {
         url: &str,
         what: &str,
     ) -> Result<T, String> {
+        self.get_json_with_max_age(url, what)
+            .await
+            .map(|(value, _)| value)
+    }
+
+    /// Downloads and parses JSON, and returns the response's
+    /// `Cache-Control: max-age` (zero for `no-cache` or `no-store`).
+    async fn get_json_with_max_age<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        what: &str,
+    ) -> Result<(T, Option<Duration>), String> {
         let response = self
             .http
             .get(url)
@@ -295,10 +477,21 @@ impl KeySource {
         if !status.is_success() {
             return Err(format!("the {what} at {url} returned HTTP {status}"));
         }
-        response
+        let max_age = response
+            .headers()
+            .typed_get::<CacheControl>()
+            .and_then(|control| {
+                if control.no_cache() || control.no_store() {
+                    Some(Duration::ZERO)
+                } else {
+                    control.max_age()
+                }
+            });
+        let value = response
             .json()
             .await
-            .map_err(|error| format!("the {what} at {url} is not valid JSON: {error}"))
+            .map_err(|error| format!("the {what} at {url} is not valid JSON: {error}"))?;
+        Ok((value, max_age))
     }
 }
 
@@ -307,7 +500,7 @@ impl KeySource {
 fn parse_keys(entries: Vec<Value>) -> Vec<SigningKey> {
     let mut keys = Vec::new();
     for entry in entries {
-        let jwk: Jwk = match serde_json::from_value(entry) {
+        let jwk: Jwk = match serde_json::from_value(entry.clone()) {
             Ok(jwk) => jwk,
             Err(error) => {
                 tracing::debug!(%error, "skipped a JWKS entry that does not parse");
@@ -327,6 +520,9 @@ fn parse_keys(entries: Vec<Value>) -> Vec<SigningKey> {
         };
         match DecodingKey::from_jwk(&jwk) {
             Ok(key) if key.family() != AlgorithmFamily::Hmac => keys.push(SigningKey {
+                // Assigned by the download that compares with earlier keys.
+                serial: 0,
+                entry,
                 key_id,
                 algorithm: jwk.common.key_algorithm,
                 curve,
@@ -345,7 +541,7 @@ fn select(
     set: &KeySet,
     key_id: Option<&str>,
     algorithm: Algorithm,
-) -> Result<Option<DecodingKey>, KeyLookupError> {
+) -> Result<Option<FoundKey>, KeyLookupError> {
     match key_id {
         Some(key_id) => {
             let Some(key) = set
@@ -356,7 +552,7 @@ fn select(
                 return Ok(None);
             };
             if key.accepts(algorithm) {
-                Ok(Some(key.key.clone()))
+                Ok(Some(key.found()))
             } else {
                 Err(KeyLookupError::NotFound(format!(
                     "the JWKS key {key_id:?} cannot verify a {algorithm:?} signature; \
@@ -367,9 +563,34 @@ fn select(
         None => {
             let mut candidates = set.keys.iter().filter(|key| key.accepts(algorithm));
             match (candidates.next(), candidates.next()) {
-                (Some(key), None) => Ok(Some(key.key.clone())),
+                (Some(key), None) => Ok(Some(key.found())),
                 _ => Ok(None),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_interval_follows_bounded_max_age() {
+        let five_minutes = Duration::from_secs(300);
+        let cases = [
+            (None, five_minutes, five_minutes),
+            (Some(Duration::from_secs(60)), five_minutes, Duration::from_secs(60)),
+            (Some(Duration::from_secs(86_400)), five_minutes, five_minutes),
+            (Some(Duration::ZERO), five_minutes, MIN_REFRESH_INTERVAL),
+            (Some(Duration::ZERO), Duration::from_secs(1), Duration::from_secs(1)),
+            (None, Duration::from_secs(1), Duration::from_secs(1)),
+        ];
+        for (max_age, configured, expected) in cases {
+            assert_eq!(
+                refresh_interval_for(max_age, configured),
+                expected,
+                "max-age {max_age:?} with a configured {configured:?}"
+            );
         }
     }
 }

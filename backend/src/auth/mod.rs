@@ -42,6 +42,9 @@ pub const ALLOWED_ALGORITHMS: &[Algorithm] = &[
     Algorithm::EdDSA,
 ];
 
+/// The default of [`AuthConfig::jwks_refresh_interval`].
+pub const DEFAULT_JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+
 /// Settings of token validation.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
@@ -57,16 +60,19 @@ pub struct AuthConfig {
     pub leeway: Duration,
     /// The minimum time between two JWKS downloads caused by unknown key ids.
     pub jwks_refetch_interval: Duration,
-    /// How long a downloaded JWKS is used before it is downloaded again.
-    pub jwks_max_age: Duration,
+    /// The maximum time between two JWKS downloads of the background
+    /// refresh, and so the maximum time a withdrawn key stays trusted. A
+    /// shorter `Cache-Control: max-age` on the JWKS, down to
+    /// [`jwks::MIN_REFRESH_INTERVAL`], shortens it.
+    pub jwks_refresh_interval: Duration,
     /// The timeout of each request to the issuer.
     pub http_timeout: Duration,
 }
 
 impl AuthConfig {
     /// Builds settings with the defaults: 30 s leeway, at most one JWKS
-    /// download per 30 s for unknown key ids, a JWKS kept for one hour, and
-    /// a 10 s timeout on requests to the issuer.
+    /// download per 30 s for unknown key ids, a JWKS refreshed at least
+    /// every 5 minutes, and a 10 s timeout on requests to the issuer.
     pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
         Self {
             issuer: issuer.into(),
@@ -75,7 +81,7 @@ impl AuthConfig {
             group_claims: vec!["groups".to_owned(), "cognito:groups".to_owned()],
             leeway: Duration::from_secs(30),
             jwks_refetch_interval: Duration::from_secs(30),
-            jwks_max_age: Duration::from_secs(3600),
+            jwks_refresh_interval: DEFAULT_JWKS_REFRESH_INTERVAL,
             http_timeout: Duration::from_secs(10),
         }
     }
@@ -157,7 +163,7 @@ impl AuthError {
 pub struct TokenValidator {
     config: AuthConfig,
     keys: KeySource,
-    verified: verified::VerifiedTokens,
+    verified: Arc<verified::VerifiedTokens>,
 }
 
 impl TokenValidator {
@@ -167,11 +173,32 @@ impl TokenValidator {
         // also covers a build where another crate enabled the RustCrypto
         // backend as well. A second install fails harmlessly.
         let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
-        let keys = KeySource::new(&config)?;
+        let verified = Arc::new(verified::VerifiedTokens::default());
+        let keys = KeySource::new(&config, Arc::clone(&verified))?;
         Ok(Self {
             config,
             keys,
-            verified: verified::VerifiedTokens::default(),
+            verified,
+        })
+    }
+
+    /// Starts the background task that downloads the JWKS again every
+    /// refresh interval (see [`jwks`]), so that a key the issuer withdraws
+    /// stops verifying tokens, cached ones included, within that interval.
+    /// The task ends when the validator is dropped.
+    pub fn spawn_key_refresh(validator: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let validator = Arc::downgrade(validator);
+        tokio::spawn(async move {
+            loop {
+                let Some(interval) = validator.upgrade().map(|v| v.keys.refresh_interval()) else {
+                    return;
+                };
+                tokio::time::sleep(interval).await;
+                let Some(current) = validator.upgrade() else {
+                    return;
+                };
+                current.keys.refresh_in_background().await;
+            }
         })
     }
 
@@ -191,12 +218,15 @@ impl TokenValidator {
 
     /// Validates `token` and returns the identity it carries. A token that
     /// passed before is taken from the [`verified`] cache until it expires
-    /// or the issuer's key set is downloaded again.
+    /// or its key is withdrawn from the issuer's JWKS.
     pub async fn validate(&self, token: &Secret) -> Result<Caller, AuthError> {
         let token = token.expose();
         let digest = verified::token_digest(token);
         let now = chrono::Utc::now().timestamp();
-        if let Some(caller) = self.verified.get(&digest, now, self.keys.key_set_version()) {
+        if let Some(caller) = self
+            .verified
+            .get(&digest, now, |key| self.keys.is_current(key))
+        {
             return Ok(caller);
         }
         let algorithm = read_algorithm(token)?;
@@ -221,16 +251,17 @@ impl TokenValidator {
         validation.set_audience(&[&self.config.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
 
-        let key_set = self.keys.key_set_version();
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
             .map_err(|error| self.map_decode_error(error.into_kind()))?;
         let caller = claims::caller_from_claims(&data.claims, &self.config)?;
         // `exp` is required and was checked, so it is a number here.
         if let Some(expires) = data.claims.get("exp").and_then(Value::as_i64) {
             let leeway = i64::try_from(self.config.leeway.as_secs()).unwrap_or(i64::MAX);
             let valid_until = expires.saturating_add(leeway);
+            // A refresh that withdrew the key after the lookup above has
+            // already purged the cache, and `get` checks the key again.
             self.verified
-                .insert(digest, caller.clone(), valid_until, key_set);
+                .insert(digest, caller.clone(), valid_until, key.serial);
         }
         Ok(caller)
     }

@@ -58,6 +58,19 @@ pub struct ServeArgs {
     )]
     group_claims: Vec<String>,
 
+    /// The maximum time in seconds between two downloads of the issuer's
+    /// JWKS, and so the maximum time a signing key the issuer withdrew is
+    /// still accepted. A shorter Cache-Control max-age on the JWKS
+    /// response, down to 10 seconds, shortens it.
+    #[arg(
+        long,
+        env = "TOLLGATE_JWKS_REFRESH_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = crate::auth::DEFAULT_JWKS_REFRESH_INTERVAL.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    jwks_refresh_seconds: u64,
+
     /// The token types that count toward limits, with weights, as
     /// TYPE=WEIGHT pairs; a type left out does not count.
     #[arg(
@@ -138,6 +151,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map(|claim| claim.trim().to_owned())
         .filter(|claim| !claim.is_empty())
         .collect();
+    auth.jwks_refresh_interval = std::time::Duration::from_secs(args.jwks_refresh_seconds);
 
     // Bind first, so that a busy port is reported before the store is
     // migrated and the issuer contacted.
@@ -180,8 +194,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("no --alert-webhook: quota alerts go to the log only");
     }
 
+    let validator = Arc::new(validator);
+    TokenValidator::spawn_key_refresh(&validator);
+    tracing::info!(
+        issuer = %validator.config().issuer,
+        interval_seconds = args.jwks_refresh_seconds,
+        "refreshing the issuer's signing keys in the background"
+    );
     let state = AppState {
-        validator: Arc::new(validator),
+        validator,
         store,
         counting: Arc::new(counting),
     };
