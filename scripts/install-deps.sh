@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Tollgate's tests and demo need, when it is missing:
 #   - Debian packages: the keyring, D-Bus, notification and X tools, Chromium,
-#     hyperfine (apt-get update runs once, and only if something is missing)
+#     hyperfine, faketime and libfaketime (apt-get update runs once, and only
+#     if something is missing)
 #   - a Python virtual environment outside the clone with moto_server, the
 #     AWS CLI, boto3, cfn-lint and the OpenTelemetry SDK
 #   - the npm packages under tests/support (the local OIDC provider, and the
@@ -25,6 +26,7 @@ apt_packages=(
   gnome-keyring dbus dbus-x11 libsecret-tools keyutils
   libnotify-bin dunst xvfb chromium hyperfine
   nodejs npm python3-minimal python3-venv util-linux curl tmux iproute2
+  faketime libfaketime
 )
 
 install_apt_packages() {
