@@ -1,6 +1,7 @@
 //! The local OIDC provider (`tests/support/oidc/server.mjs`, npm
 //! oidc-provider) and its test-only endpoints: request counts, the tokens
-//! it issued, and refresh-token revocation.
+//! and device codes it issued, refresh-token revocation and the device code
+//! lifetime.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -185,6 +186,11 @@ impl OidcProvider {
     /// Returns every access, ID and refresh token the token endpoint issued.
     pub fn issued_tokens(&self) -> Result<Vec<String>> {
         http::get_json(&format!("{}/__issued-tokens", self.issuer))
+    }
+
+    /// Returns every device code the device authorization endpoint issued.
+    pub fn issued_device_codes(&self) -> Result<Vec<String>> {
+        http::get_json(&format!("{}/__issued-device-codes", self.issuer))
     }
 
     /// Revokes the refresh tokens of `sub`, or of every account, so the

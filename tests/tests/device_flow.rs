@@ -296,6 +296,18 @@ fn expired_device_code_ends_cleanly() -> Result<()> {
         !log.contains(&shim_code),
         "the agent log does not contain the user code"
     );
+    let device_codes = stack.oidc().issued_device_codes()?;
+    assert_eq!(device_codes.len(), 3);
+    for (index, device_code) in device_codes.iter().enumerate() {
+        assert!(
+            !log.contains(device_code.as_str()),
+            "the agent log contains device code {index}"
+        );
+        assert!(
+            !shim.stderr.contains(device_code.as_str()),
+            "the shim's stderr contains device code {index}"
+        );
+    }
     Ok(())
 }
 

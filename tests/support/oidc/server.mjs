@@ -42,6 +42,9 @@
 //   GET  /__issued-tokens         every access, ID and refresh token that the
 //                                 token endpoint returned, as a JSON list, so
 //                                 tests can check that no log contains one
+//   GET  /__issued-device-codes   every device code the device authorization
+//                                 endpoint returned, as a JSON list, for the
+//                                 same check
 //   POST /__revoke-refresh-tokens revokes every refresh token issued so far,
 //                                 or only the account's with `?sub=LOGIN`, so
 //                                 a later refresh gets `invalid_grant`
@@ -275,6 +278,7 @@ function buildProvider(settings, issuer, port, state) {
         if (settings.deviceInterval !== null) {
           ctx.body.interval = settings.deviceInterval;
         }
+        state.issuedDeviceCodes.push(ctx.body.device_code);
         state.deviceCodes.set(fingerprint(ctx.body.device_code), {
           lastRequest: arrived,
           interval: settings.deviceInterval ?? DEFAULT_DEVICE_INTERVAL,
@@ -328,7 +332,7 @@ async function readBody(req) {
 // comes sooner than the code's interval after the device authorization or
 // the previous poll, and adds 5 s to that code's interval. Other token
 // requests pass through with the body it read in `req.body`, where
-// oidc-provider finds it (and says once on stderr that it did).
+// oidc-provider finds it (and prints a warning once on stderr).
 function deviceIntervalCheck(state) {
   return async (ctx, next) => {
     if (ctx.method !== 'POST' || ctx.path !== '/token'
@@ -405,6 +409,8 @@ async function handleTestRoute(req, res, url, state) {
     sendJson(res, 200, { device_code_ttl: seconds });
   } else if (url.pathname === '/__issued-tokens' && req.method === 'GET') {
     sendJson(res, 200, state.issuedTokens);
+  } else if (url.pathname === '/__issued-device-codes' && req.method === 'GET') {
+    sendJson(res, 200, state.issuedDeviceCodes);
   } else if (url.pathname === '/__revoke-refresh-tokens' && req.method === 'POST') {
     const sub = url.searchParams.get('sub');
     const revoked = await revokeRefreshTokens(state.provider, state.refreshTokens, sub);
@@ -420,6 +426,7 @@ async function main() {
     stats: emptyStats(),
     refreshTokens: new Map(),
     issuedTokens: [],
+    issuedDeviceCodes: [],
     // Interval-check state per device code fingerprint.
     deviceCodes: new Map(),
     deviceCodeTtl: settings.deviceCodeTtl,
