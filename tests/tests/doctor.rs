@@ -4,7 +4,10 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
+use std::path::PathBuf;
+
 use anyhow::Result;
+use tollgate_tests::locate::{SHIM, binary};
 use tollgate_tests::{ProfileSpec, RunOutput, Stack};
 
 fn doctor_stack(login: &str) -> Result<Stack> {
@@ -181,6 +184,95 @@ fn doctor_reports_missing_aws_profile() -> Result<()> {
         )),
         "the fix shows the line to add:\n{}",
         output.stdout
+    );
+    Ok(())
+}
+
+/// Writes an installer's wrapper script that runs the shim for
+/// `shim_profile`, and points the AWS profile's credential_process at it.
+fn install_wrapper(stack: &Stack, shim_profile: &str) -> Result<PathBuf> {
+    let folder = stack.dir().join("opt/acme/bin");
+    fs::create_dir_all(&folder)?;
+    let script = folder.join("bedrock-creds");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n# Installed by Acme IT: Bedrock credentials through Tollgate.\nset -eu\nexec {} --profile {shim_profile} \"$@\"\n",
+            binary(SHIM)?.display()
+        ),
+    )?;
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
+    let config = stack
+        .env_var("AWS_CONFIG_FILE")
+        .expect("the stack sets AWS_CONFIG_FILE");
+    fs::write(
+        config,
+        format!(
+            "[profile {}]\ncredential_process = {}\nregion = us-east-1\n",
+            stack.profile("bedrock"),
+            script.display()
+        ),
+    )?;
+    Ok(script)
+}
+
+#[test]
+fn doctor_follows_wrapper_script() -> Result<()> {
+    let stack = doctor_stack("bela")?;
+    let name = stack.profile("bedrock").to_owned();
+    let script = install_wrapper(&stack, &name)?;
+
+    // The wrapper really works: the AWS CLI gets the agent's credentials
+    // through it.
+    let identity = stack.aws(&["sts", "get-caller-identity", "--profile", &name])?;
+    identity.ensure_success("aws sts get-caller-identity through the wrapper")?;
+    assert!(
+        stack.sts_assume_role_calls() >= 1,
+        "the wrapper never reached the agent"
+    );
+
+    let output = doctor(&stack)?;
+    output.ensure_success("doctor with a wrapper script")?;
+    let lines = check_lines(&output, "aws config");
+    assert!(lines[0].starts_with("ok"), "{lines:?}");
+    assert!(
+        lines[0].contains(&script.display().to_string()),
+        "the note names the script: {lines:?}"
+    );
+    assert!(lines[0].contains("wrapper script"), "{lines:?}");
+    assert!(
+        lines[0].contains(&format!("--profile {name}")),
+        "the note quotes the script's line: {lines:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn doctor_reports_wrapper_for_other_profile() -> Result<()> {
+    let stack = doctor_stack("cyra")?;
+    let name = stack.profile("bedrock").to_owned();
+    let script = install_wrapper(&stack, "bedrock-staging")?;
+    let output = doctor(&stack)?;
+    assert!(
+        !output.success(),
+        "doctor passed a wrapper for another profile"
+    );
+    let lines = check_lines(&output, "aws config");
+    assert!(lines[0].starts_with("FAIL"), "{lines:?}");
+    assert!(
+        lines[0].contains(&script.display().to_string()),
+        "{lines:?}"
+    );
+    assert!(
+        lines[0].contains("Tollgate profile `bedrock-staging`"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains(&format!(
+            "make `{}` run `tollgate-credential-process --profile {name}",
+            script.display()
+        )),
+        "{lines:?}"
     );
     Ok(())
 }

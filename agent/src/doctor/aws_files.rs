@@ -5,6 +5,11 @@
 //! botocore (the AWS CLI, boto3) and the JavaScript SDK read static keys
 //! from the credentials file before they run a `credential_process`, so a
 //! `[NAME]` section with `aws_access_key_id` there wins over Tollgate.
+//!
+//! An installer may point `credential_process` at a wrapper script that
+//! runs the shim (`exec tollgate-credential-process --profile NAME "$@"`).
+//! Doctor reads such a script, when it is a small executable text file,
+//! and follows the line that runs the shim.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -36,17 +41,19 @@ fn profile_name(section: &str) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Whether a `credential_process` line runs the shim for `profile`.
-/// Without `--profile` the shim picks `$TOLLGATE_PROFILE` or the only
-/// profile, so such a line counts too.
-fn runs_shim_for(line: &str, profile: &str) -> bool {
-    let words: Vec<&str> = line
-        .split_whitespace()
+/// Largest wrapper script doctor reads, in bytes. A `credential_process`
+/// program that is bigger is taken to be a binary, not a wrapper.
+const WRAPPER_MAX_BYTES: u64 = 64 * 1024;
+
+/// Splits a command line into words, dropping the quotes around each.
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace()
         .map(|word| word.trim_matches(|c| c == '"' || c == '\''))
-        .collect();
-    if !words.first().is_some_and(|program| program.ends_with(SHIM)) {
-        return false;
-    }
+        .collect()
+}
+
+/// Returns the value of `--profile NAME` or `--profile=NAME` in `words`.
+fn named_profile<'a>(words: &[&'a str]) -> Option<&'a str> {
     let mut named = None;
     for (index, word) in words.iter().enumerate() {
         if *word == "--profile" {
@@ -55,7 +62,159 @@ fn runs_shim_for(line: &str, profile: &str) -> bool {
             named = Some(value);
         }
     }
-    named.is_none_or(|named| named == profile)
+    named
+}
+
+/// Whether a `credential_process` line runs the shim for `profile`.
+/// Without `--profile` the shim picks `$TOLLGATE_PROFILE` or the only
+/// profile, so such a line counts too.
+fn runs_shim_for(line: &str, profile: &str) -> bool {
+    let words = words(line);
+    if !words.first().is_some_and(|program| program.ends_with(SHIM)) {
+        return false;
+    }
+    named_profile(&words).is_none_or(|named| named == profile)
+}
+
+/// A wrapper script's line that runs the shim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct WrapperLine {
+    /// The script's line, trimmed.
+    line: String,
+    /// The shim as the line names it (a path, a bare name, or a shell
+    /// expression such as `"$(dirname "$0")/tollgate-credential-process"`).
+    shim: String,
+    /// The `--profile` value, if the line passes one.
+    profile: Option<String>,
+}
+
+/// Returns the lines of a shell script that run the shim, skipping
+/// comments and the `#!` line.
+fn wrapper_lines(script: &str) -> Vec<WrapperLine> {
+    script
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let words = words(line);
+            let start = words.iter().position(|word| word.ends_with(SHIM))?;
+            let command = &words[start..];
+            Some(WrapperLine {
+                line: line.to_string(),
+                shim: command[0].to_string(),
+                profile: named_profile(command).map(str::to_string),
+            })
+        })
+        .collect()
+}
+
+/// Reads `path` as a wrapper script: an executable file of at most
+/// [`WRAPPER_MAX_BYTES`] that is UTF-8 text without NUL bytes. Returns
+/// `None` for anything else, such as the shim binary itself.
+fn read_wrapper(path: &Path) -> Option<String> {
+    let metadata = std::fs::metadata(path).ok()?;
+    if !is_executable(path) || metadata.len() > WRAPPER_MAX_BYTES {
+        return None;
+    }
+    let bytes = std::fs::read(path).ok()?;
+    if bytes.contains(&0) {
+        return None;
+    }
+    String::from_utf8(bytes).ok()
+}
+
+/// The program behind an AWS profile's `credential_process`, as seen
+/// from one Tollgate profile.
+#[derive(Debug)]
+enum Runs {
+    /// The shim for this profile, named on the line itself.
+    Shim,
+    /// A wrapper script with a line that runs the shim for this profile.
+    Wrapper { script: PathBuf, found: WrapperLine },
+    /// A wrapper script that runs the shim, but only for other profiles.
+    WrapperForOther { script: PathBuf, found: WrapperLine },
+    /// Something else, or nothing doctor can read.
+    Other,
+}
+
+fn classify(line: &str, profile: &str) -> Runs {
+    if runs_shim_for(line, profile) {
+        return Runs::Shim;
+    }
+    // A direct shim line for another profile belongs to that profile.
+    if words(line)
+        .first()
+        .is_none_or(|program| program.ends_with(SHIM))
+    {
+        return Runs::Other;
+    }
+    let Some(script) = program_path(line) else {
+        return Runs::Other;
+    };
+    let Some(text) = read_wrapper(&script) else {
+        return Runs::Other;
+    };
+    let found = wrapper_lines(&text);
+    if let Some(matching) = found.iter().find(|found| {
+        found
+            .profile
+            .as_deref()
+            .is_none_or(|named| named == profile || named.contains('$'))
+    }) {
+        return Runs::Wrapper {
+            script,
+            found: matching.clone(),
+        };
+    }
+    match found.into_iter().next() {
+        Some(found) => Runs::WrapperForOther { script, found },
+        None => Runs::Other,
+    }
+}
+
+/// Checks the shim a wrapper script runs: a path must be an executable
+/// file and a bare name must be on `PATH`. A name built by the shell
+/// (containing `$`) cannot be resolved here and passes.
+fn check_wrapper(name: &str, line: &str, script: &Path, found: &WrapperLine) -> Check {
+    const CONFIG: &str = "aws config";
+    let mut detail = format!(
+        "AWS profile `{name}` runs `{line}`, a wrapper script that runs `{}`",
+        found.line
+    );
+    if found
+        .profile
+        .as_deref()
+        .is_some_and(|named| named.contains('$'))
+    {
+        detail.push_str(" (the shell sets its --profile value, so doctor cannot check it)");
+    }
+    if found.shim.contains('$') {
+        return Check::pass(CONFIG, detail);
+    }
+    match program_path(&found.shim) {
+        Some(shim) if is_executable(&shim) => {
+            Check::pass(CONFIG, format!("{detail} ({})", shim.display()))
+        }
+        Some(shim) => Check::fail(
+            CONFIG,
+            format!(
+                "{detail}, but `{}` is not an executable file",
+                shim.display()
+            ),
+            format!(
+                "point `{}` at the installed tollgate-credential-process",
+                script.display()
+            ),
+        ),
+        None => Check::fail(
+            CONFIG,
+            format!("{detail}, but `{SHIM}` is not on PATH"),
+            format!(
+                "use the absolute path of tollgate-credential-process in `{}`",
+                script.display()
+            ),
+        ),
+    }
 }
 
 /// Finds the program of a command line, searching `PATH` for a bare name.
@@ -105,27 +264,65 @@ pub fn check(profile: &Profile) -> Vec<Check> {
             )];
         }
     };
-    let matching: Vec<(String, String)> = config
-        .iter()
-        .filter_map(|(section, properties)| {
-            let name = profile_name(section?)?;
-            let line = properties.get("credential_process")?;
-            runs_shim_for(line, &profile.name).then(|| (name.to_string(), line.to_string()))
-        })
-        .collect();
+    let mut matching: Vec<(String, String, Runs)> = Vec::new();
+    let mut for_others: Vec<(String, String, Runs)> = Vec::new();
+    for (section, properties) in config.iter() {
+        let Some(name) = section.and_then(profile_name) else {
+            continue;
+        };
+        let Some(line) = properties.get("credential_process") else {
+            continue;
+        };
+        let entry = (
+            name.to_string(),
+            line.to_string(),
+            classify(line, &profile.name),
+        );
+        match entry.2 {
+            Runs::Shim | Runs::Wrapper { .. } => matching.push(entry),
+            Runs::WrapperForOther { .. } => for_others.push(entry),
+            Runs::Other => {}
+        }
+    }
     if matching.is_empty() {
-        return vec![Check::fail(
-            CONFIG,
-            format!(
-                "no profile in `{}` runs `{SHIM} --profile {}` as credential_process",
-                config_path.display(),
-                profile.name
-            ),
-            add_fix,
-        )];
+        let mut checks = Vec::new();
+        for (name, line, runs) in &for_others {
+            if let Runs::WrapperForOther { script, found } = runs {
+                checks.push(Check::fail(
+                    CONFIG,
+                    format!(
+                        "AWS profile `{name}` runs `{line}`, a wrapper script whose line `{}` runs the shim for Tollgate profile `{}`, not `{}`",
+                        found.line,
+                        found.profile.as_deref().unwrap_or_default(),
+                        profile.name
+                    ),
+                    format!(
+                        "make `{}` run `{SHIM} --profile {} \"$@\"`, or {add_fix}",
+                        script.display(),
+                        profile.name
+                    ),
+                ));
+            }
+        }
+        if checks.is_empty() {
+            checks.push(Check::fail(
+                CONFIG,
+                format!(
+                    "no profile in `{}` runs `{SHIM} --profile {}` as credential_process",
+                    config_path.display(),
+                    profile.name
+                ),
+                add_fix,
+            ));
+        }
+        return checks;
     }
     let mut checks = Vec::new();
-    for (name, line) in &matching {
+    for (name, line, runs) in &matching {
+        if let Runs::Wrapper { script, found } = runs {
+            checks.push(check_wrapper(name, line, script, found));
+            continue;
+        }
         checks.push(match program_path(line) {
             Some(program) if is_executable(&program) => Check::pass(
                 CONFIG,
@@ -149,7 +346,7 @@ pub fn check(profile: &Profile) -> Vec<Check> {
     if let Some(selected) = std::env::var("AWS_PROFILE")
         .ok()
         .filter(|name| !name.is_empty())
-        && !matching.iter().any(|(name, _)| *name == selected)
+        && !matching.iter().any(|(name, _, _)| *name == selected)
     {
         checks.push(Check::warn(
             CONFIG,
@@ -187,7 +384,7 @@ pub fn check(profile: &Profile) -> Vec<Check> {
         }
     };
     let mut shadowed = false;
-    for (name, _) in &matching {
+    for (name, _, _) in &matching {
         if let Some(section) = credentials.section(Some(name.as_str())) {
             shadowed = true;
             if section.contains_key("aws_access_key_id") {
@@ -260,5 +457,26 @@ mod tests {
             "/usr/bin/other-helper --profile bedrock",
             "bedrock"
         ));
+    }
+
+    #[test]
+    fn wrapper_script_lines() {
+        let script = "#!/bin/sh\n# Runs tollgate-credential-process for Bedrock.\nset -eu\nexport TOLLGATE_LOG=warn\nexec /opt/tollgate/bin/tollgate-credential-process --profile bedrock \"$@\"\n";
+        assert_eq!(
+            wrapper_lines(script),
+            vec![WrapperLine {
+                line: "exec /opt/tollgate/bin/tollgate-credential-process --profile bedrock \"$@\""
+                    .into(),
+                shim: "/opt/tollgate/bin/tollgate-credential-process".into(),
+                profile: Some("bedrock".into()),
+            }]
+        );
+        let found =
+            wrapper_lines("exec \"$(dirname \"$0\")/tollgate-credential-process\" \"$@\"\n");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].profile, None);
+        assert!(
+            wrapper_lines("#!/bin/sh\nexec /usr/bin/other-helper --profile bedrock\n").is_empty()
+        );
     }
 }
