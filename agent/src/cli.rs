@@ -77,7 +77,7 @@ enum Command {
     },
     /// Gets credentials for Claude Code's awsAuthRefresh setting: runs the
     /// login when one is needed and explains a quota block. Exits non-zero
-    /// when no credentials can be had, so Claude Code keeps the output on screen.
+    /// when no credentials can be had.
     Refresh {
         /// The profile in the agent config (default: $TOLLGATE_PROFILE, else the only profile).
         #[arg(long)]
@@ -85,6 +85,10 @@ enum Command {
         /// Seconds to wait for a login before giving up; Claude Code stops the command after 180.
         #[arg(long, default_value_t = 170, value_parser = clap::value_parser!(u64).range(5..=3600))]
         timeout_seconds: u64,
+        /// Seconds to keep running after explaining a block or an error, because an
+        /// interactive Claude Code shows the command's output only while it runs.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=60))]
+        hold_seconds: u64,
     },
     /// Checks the config, keyring, runtime folder, identity provider, quota
     /// backend, clock and AWS config, and prints a fix for each problem.
@@ -110,7 +114,15 @@ pub fn main() -> ExitCode {
         Command::Refresh {
             profile,
             timeout_seconds,
-        } => client(|socket| refresh(socket, profile, Duration::from_secs(timeout_seconds))),
+            hold_seconds,
+        } => client(|socket| {
+            refresh(
+                socket,
+                profile,
+                Duration::from_secs(timeout_seconds),
+                Duration::from_secs(hold_seconds),
+            )
+        }),
         Command::Doctor { profile } => run_doctor(profile),
     };
     match result {
@@ -360,7 +372,18 @@ fn status(socket: &Path, profile: Option<String>, json: bool) -> anyhow::Result<
 
 /// Runs `refresh`: asks for credentials, letting the agent log in, and
 /// prints everything to stdout, which Claude Code shows in its sign-in box.
-fn refresh(socket: &Path, profile: Option<String>, timeout: Duration) -> anyhow::Result<ExitCode> {
+///
+/// In a running session, Claude Code 2.1.328 shows that box only while the
+/// command runs and replaces it with its own error once the command exits,
+/// even with a non-zero exit code. So after explaining a block or an error the command waits
+/// `hold` before it exits, ending no later than 5 s after the login
+/// timeout, inside Claude Code's 180-second limit at the defaults.
+fn refresh(
+    socket: &Path,
+    profile: Option<String>,
+    timeout: Duration,
+    hold: Duration,
+) -> anyhow::Result<ExitCode> {
     let profile = resolve_profile(profile)?;
     let deadline = Instant::now() + timeout;
     let response = exchange_until(
@@ -397,6 +420,8 @@ fn refresh(socket: &Path, profile: Option<String>, timeout: Duration) -> anyhow:
             for cause in &error.causes {
                 out!("  caused by: {cause}");
             }
+            let hold_until = (Instant::now() + hold).min(deadline + Duration::from_secs(5));
+            std::thread::sleep(hold_until.saturating_duration_since(Instant::now()));
             Ok(ExitCode::FAILURE)
         }
         Some(other) => anyhow::bail!("the agent sent an unexpected response: {other:?}"),

@@ -70,16 +70,21 @@ struct Bedrock {
     _service: Service,
     url: String,
     request_log: PathBuf,
+    /// Access keys listed here get 403 `ExpiredTokenException`.
+    deny_file: PathBuf,
 }
 
 impl Bedrock {
     fn start(dir: &Path) -> Result<Self> {
         let request_log = dir.join("bedrock-requests.jsonl");
+        let deny_file = dir.join("bedrock-deny");
         let mut command = Command::new("python3");
         command
             .arg(support_dir().join("bedrock/server.py"))
             .arg("--request-log")
             .arg(&request_log)
+            .arg("--deny-file")
+            .arg(&deny_file)
             .args(["--reply", REPLY]);
         for (_, flag, tokens) in USAGE {
             command.args([flag, &tokens.to_string()]);
@@ -95,6 +100,7 @@ impl Bedrock {
             _service: service,
             url: url.trim().to_owned(),
             request_log,
+            deny_file,
         })
     }
 
@@ -103,6 +109,17 @@ impl Bedrock {
         text.lines()
             .map(|line| serde_json::from_str(line).context("a request log line is not JSON"))
             .collect()
+    }
+
+    /// Makes every later request signed with one of `access_key_ids` fail
+    /// with 403 `ExpiredTokenException`, as when STS credentials expire.
+    fn expire(&self, access_key_ids: &[&str]) -> Result<()> {
+        let lines: String = access_key_ids
+            .iter()
+            .map(|key| format!("{key}\n"))
+            .collect();
+        fs::write(&self.deny_file, lines)
+            .with_context(|| format!("failed to write {}", self.deny_file.display()))
     }
 }
 
@@ -194,10 +211,10 @@ impl<'a> ClaudeRun<'a> {
         ))
     }
 
-    /// Starts interactive Claude Code in a private tmux server and returns
-    /// the screen, with box borders and line breaks folded into spaces,
-    /// once it contains `wanted` (or after 40 s).
-    fn interactive_screen(&self, wanted: &str) -> Result<String> {
+    /// Starts interactive Claude Code (with `--debug`) in a private tmux
+    /// server. STS returns Claude Code's caller identity, so the
+    /// awsAuthRefresh command runs only once getting credentials fails.
+    fn start_interactive(&self) -> Result<Interactive> {
         // Claude Code records each awsAuthRefresh outcome here; a fresh
         // state makes the session run the command again.
         if let Ok(entries) = fs::read_dir(self.stack.home().join(".claude")) {
@@ -214,12 +231,6 @@ impl<'a> ClaudeRun<'a> {
         let launcher = self.stack.dir().join("run-claude.sh");
         let mut script = String::from("#!/bin/sh\n");
         for (name, value) in self.env() {
-            // Without an STS endpoint, Claude Code's caller identity call
-            // fails on the unresolvable public host, as in the smoke test
-            // that saw the sign-in box.
-            if name == "AWS_ENDPOINT_URL_STS" {
-                continue;
-            }
             let value = if name == "TERM" {
                 "xterm-256color".into()
             } else {
@@ -236,45 +247,95 @@ impl<'a> ClaudeRun<'a> {
         fs::write(&launcher, script)?;
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&launcher, fs::Permissions::from_mode(0o755))?;
-        let socket = self.stack.dir().join("tmux.sock");
-        let tmux = |args: &[&str]| {
-            Command::new("tmux")
-                .arg("-S")
-                .arg(&socket)
-                .args(args)
-                .output()
+        let session = Interactive {
+            socket: self.stack.dir().join("tmux.sock"),
+            screens: self.stack.dir().join("screens.txt"),
+            started: Instant::now(),
+            last: String::new(),
         };
-        let started = tmux(&[
-            "new-session",
-            "-d",
-            "-s",
-            "claude",
-            "-x",
-            "160",
-            "-y",
-            "50",
-            &launcher.display().to_string(),
-        ])
-        .context("failed to start tmux")?;
+        let started = session
+            .tmux(&[
+                "new-session",
+                "-d",
+                "-s",
+                "claude",
+                "-x",
+                "160",
+                "-y",
+                "50",
+                &launcher.display().to_string(),
+            ])
+            .context("failed to start tmux")?;
         if !started.status.success() {
             bail!("tmux failed: {}", String::from_utf8_lossy(&started.stderr));
         }
-        // Type the prompt once the interface is up, as a person would.
-        std::thread::sleep(Duration::from_secs(8));
-        tmux(&["send-keys", "-t", "claude", "say hi", "Enter"])?;
-        let deadline = Instant::now() + Duration::from_secs(40);
-        let mut screen = String::new();
-        while Instant::now() < deadline {
-            let captured = tmux(&["capture-pane", "-p", "-t", "claude"])?;
-            screen = fold_screen(&String::from_utf8_lossy(&captured.stdout));
-            if screen.contains(wanted) || screen.contains("Could not load AWS credentials") {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(500));
+        Ok(session)
+    }
+}
+
+/// Interactive Claude Code in a private tmux server. Every screen it
+/// showed is appended to `screens.txt` in the stack's folder.
+struct Interactive {
+    socket: PathBuf,
+    screens: PathBuf,
+    started: Instant,
+    last: String,
+}
+
+impl Interactive {
+    fn tmux(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
+        Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+    }
+
+    /// Returns the screen as it is now, with box borders and line breaks
+    /// folded into spaces, and records it when it changed.
+    fn screen(&mut self) -> Result<String> {
+        let captured = self.tmux(&["capture-pane", "-p", "-t", "claude"])?;
+        let raw = String::from_utf8_lossy(&captured.stdout).into_owned();
+        if raw != self.last {
+            let mut file = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.screens)?;
+            use std::io::Write;
+            writeln!(
+                file,
+                "--- {:.1} s\n{}",
+                self.started.elapsed().as_secs_f64(),
+                raw.trim_end()
+            )?;
+            self.last = raw;
         }
-        let _ = tmux(&["kill-server"]);
-        fs::write(self.stack.dir().join("screen.txt"), &screen)?;
-        Ok(screen)
+        Ok(fold_screen(&self.last))
+    }
+
+    /// Waits up to `timeout` for the screen to contain `wanted` and
+    /// returns the last screen either way.
+    fn wait_for(&mut self, wanted: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let screen = self.screen()?;
+            if screen.contains(wanted) || Instant::now() >= deadline {
+                return Ok(screen);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Types `text` and presses Enter, as a person would.
+    fn send(&self, text: &str) -> Result<()> {
+        self.tmux(&["send-keys", "-t", "claude", text, "Enter"])?;
+        Ok(())
+    }
+}
+
+impl Drop for Interactive {
+    fn drop(&mut self) {
+        let _ = self.tmux(&["kill-server"]);
     }
 }
 
@@ -361,38 +422,48 @@ fn claude_code_blocked_then_unblocked() -> Result<()> {
             assert_eq!(request["signed_service"], "bedrock", "{request}");
         }
 
-        // Blocked: the next session fails, and the interactive session
-        // shows the quota explanation from the awsAuthRefresh command.
-        backend.admin_ok(&["usage", "record", "cleo@example.com", "--tokens", "2M"])?;
-        let before = bedrock.requests()?.len();
-        let (ok, stdout, _) = run.print_mode("say hi again")?;
-        assert!(!ok, "claude succeeded while blocked: {stdout}");
-        assert!(
-            stdout.contains("Could not load AWS credentials"),
-            "{stdout}"
-        );
-        let streamed = bedrock.requests()?[before..]
-            .iter()
-            .filter(|request| request["operation"] == "invoke-with-response-stream")
-            .count();
-        assert_eq!(streamed, 0, "no model request while blocked");
+        // An interactive session starts while allowed and gets a reply.
+        let mut session = run.start_interactive()?;
+        session.wait_for("? for shortcuts", Duration::from_secs(30))?;
+        session.send("say hi")?;
+        let screen = session.wait_for(REPLY, Duration::from_secs(40))?;
+        assert!(screen.contains(REPLY), "{screen}");
+        let key = bedrock
+            .requests()?
+            .last()
+            .and_then(|request| request["access_key_id"].as_str().map(str::to_owned))
+            .context("the session sent a request")?;
 
-        // An interactive session runs the awsAuthRefresh command, which
-        // hands Claude Code the quota explanation. NOTE: in these runs
-        // Claude Code 2.1.328 ran the command once, at session start
-        // before its interface was drawn, and never showed the sign-in box,
-        // so the output is checked in Claude Code's --debug log, not on the
-        // screen (saved as screen.txt).
-        let screen = run.interactive_screen("blocked by your Tollgate quota")?;
+        // Blocked: the session's credentials expire (Bedrock returns 403
+        // ExpiredTokenException), Claude Code runs the credential_process
+        // again, which fails, and then the awsAuthRefresh command. Its
+        // output stays in the Sign-in box while the command holds, and
+        // Claude Code shows its own error after the command exits.
+        backend.admin_ok(&["usage", "record", "cleo@example.com", "--tokens", "2M"])?;
+        bedrock.expire(&[&key])?;
+        session.send("say hi again")?;
+        let screen = session.wait_for("blocked by your Tollgate quota", Duration::from_secs(60))?;
+        assert!(screen.contains("Sign-in"), "{screen}");
         assert!(
-            screen.contains("Could not load AWS credentials")
-                || screen.contains("blocked by your Tollgate quota"),
+            screen.contains("Claude Code is blocked by your Tollgate quota."),
             "{screen}"
         );
+        assert!(
+            screen.contains("the monthly limit is reached: 2M of 1M tokens used"),
+            "{screen}"
+        );
+        assert!(screen.contains("#ai-platform"), "{screen}");
+        let screen = session.wait_for("Could not load AWS credentials", Duration::from_secs(40))?;
+        assert!(
+            screen.contains("Could not load AWS credentials"),
+            "Claude Code's error follows the box: {screen}"
+        );
+        drop(session);
+
+        // Claude Code's --debug log has the command's output too: after
+        // this line, as one quoted string or as one line per output line.
         let debug_log = fs::read_to_string(stack.home().join(".claude/debug/latest"))
             .context("Claude Code wrote no --debug log")?;
-        // The command's output follows this line, as one quoted string or
-        // as one line per output line.
         let refresh_output = debug_log
             .lines()
             .skip_while(|line| !line.contains("Running AWS auth refresh command"))
@@ -409,6 +480,21 @@ fn claude_code_blocked_then_unblocked() -> Result<()> {
             "{refresh_output}"
         );
         assert!(refresh_output.contains("#ai-platform"), "{refresh_output}");
+
+        // The next session fails too, and sends no model request.
+        let before = bedrock.requests()?.len();
+        let (ok, stdout, _) = run.print_mode("say hi again")?;
+        assert!(!ok, "claude succeeded while blocked: {stdout}");
+        assert!(
+            stdout.contains("Could not load AWS credentials"),
+            "{stdout}"
+        );
+        let streamed = bedrock.requests()?[before..]
+            .iter()
+            .filter(|request| request["operation"] == "invoke-with-response-stream")
+            .count();
+        assert_eq!(streamed, 0, "no model request while blocked");
+        bedrock.expire(&[])?;
 
         // Unblocked: the next session works with no cleanup.
         backend.admin_ok(&[
