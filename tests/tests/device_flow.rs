@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use tollgate_tests::locate::{AGENT, binary, support_dir};
+use tollgate_tests::locate::{AGENT, SHIM, binary, support_dir};
 use tollgate_tests::oidc::{DeviceFlowOptions, DevicePoll};
 use tollgate_tests::{ProfileSpec, Stack, wait_for};
 
@@ -33,7 +33,8 @@ const SHORT_DEVICE_CODE_SECONDS: u64 = 3;
 /// time the agent needs to respond, with a margin for a loaded machine.
 const REFUSAL_LIMIT: Duration = Duration::from_secs(15);
 
-/// A running `tollgate-agent login --device-code`.
+/// A running `tollgate-agent login --device-code`, or a shim whose profile
+/// logs in with the device code.
 struct DeviceLogin {
     child: Child,
     lines: Receiver<String>,
@@ -44,17 +45,27 @@ struct DeviceLogin {
 }
 
 impl DeviceLogin {
-    /// Starts the login and waits for the verification URL and user code
-    /// on its stderr.
+    /// Starts `tollgate-agent login` and waits for the verification URL and
+    /// user code on its stderr.
     fn start(stack: &Stack, profile: &str) -> Result<Self> {
         let mut command = stack.command(binary(AGENT)?);
-        command
-            .args(["login", "--profile", profile, "--device-code"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        command.args(["login", "--profile", profile, "--device-code"]);
+        Self::spawn(command)
+    }
+
+    /// Starts the shim for `profile` and waits for the verification URL and
+    /// user code on its stderr.
+    fn start_shim(stack: &Stack, profile: &str) -> Result<Self> {
+        let mut command = stack.command(binary(SHIM)?);
+        command.args(["--profile", profile]);
+        Self::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Result<Self> {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command
             .spawn()
-            .context("failed to start tollgate-agent login")?;
+            .with_context(|| format!("failed to start {command:?}"))?;
         let (sender, lines) = mpsc::channel();
         for stream in [
             Box::new(child.stdout.take().expect("stdout was piped"))
@@ -122,7 +133,8 @@ impl DeviceLogin {
         Ok(())
     }
 
-    /// Waits for the login to exit and returns its status and whole output.
+    /// Waits for the process to exit and returns its status and its whole
+    /// stdout and stderr.
     fn finish(mut self) -> Result<(ExitStatus, String)> {
         let status = match wait_for("tollgate-agent login to exit", STEP_TIMEOUT, || {
             Ok(self.child.try_wait()?)
@@ -141,13 +153,15 @@ impl DeviceLogin {
 }
 
 /// Returns the verification URL and the user code from the agent's
-/// instruction line, which ends with the user code.
+/// instruction line, `... open URL on any device and enter the code CODE`.
+/// The shim appends the complete verification URL to that line.
 fn instructions(line: &str) -> Option<(String, String)> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let url = words
         .iter()
         .find(|word| word.starts_with("http") && word.contains("/device"))?;
-    let user_code = words.last()?;
+    let code_at = words.iter().position(|word| *word == "code")?;
+    let user_code = words.get(code_at + 1)?;
     Some((
         url.trim_end_matches(',').to_owned(),
         (*user_code).to_owned(),
@@ -257,6 +271,10 @@ fn expired_device_code_ends_cleanly() -> Result<()> {
         .lines()
         .find_map(instructions)
         .with_context(|| format!("no device code instructions: {}", shim.stderr))?;
+    assert!(
+        !shim_code.contains('/'),
+        "a user code, not a URL: {shim_code}"
+    );
     assert!(shim.stderr.contains(&expired), "stderr: {}", shim.stderr);
     assert!(
         shim.stderr.contains(&start_again),
@@ -318,9 +336,10 @@ fn refused_device_login_ends_at_once() -> Result<()> {
             interval: Some(1),
             ..DeviceFlowOptions::default()
         })
-        .profile(ProfileSpec::new("bedrock"))
+        .profile(ProfileSpec::new("bedrock").set("login", "device-code"))
         .start()?;
     let profile = stack.profile("bedrock").to_owned();
+    let refusal = "was refused at the identity provider";
 
     let login = DeviceLogin::start(&stack, &profile)?;
     let agent = serving_agent_pid(&stack)?;
@@ -333,10 +352,7 @@ fn refused_device_login_ends_at_once() -> Result<()> {
         took < REFUSAL_LIMIT,
         "the login ended {took:?} after the refusal"
     );
-    assert!(
-        output.contains("was refused at the identity provider"),
-        "output: {output}"
-    );
+    assert!(output.contains(refusal), "output: {output}");
     assert!(output.contains("access_denied"), "output: {output}");
     assert!(
         output.contains(&format!("run `tollgate-agent login --profile {profile}`")),
@@ -354,6 +370,15 @@ fn refused_device_login_ends_at_once() -> Result<()> {
     thread::sleep(Duration::from_secs(3));
     assert_eq!(only_device_polls(&stack)?.len(), polls.len());
     assert_eq!(stack.oidc().stats()?.device_authorization_requests, 1);
+    assert_eq!(serving_agent_pid(&stack)?, agent, "the agent stayed up");
+
+    // A credential request that needs the login fails the same way.
+    let shim = DeviceLogin::start_shim(&stack, &profile)?;
+    shim.confirm("alice", true)?;
+    let (status, stderr) = shim.finish()?;
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains(refusal), "stderr: {stderr}");
+    assert_eq!(stack.oidc().stats()?.device_authorization_requests, 2);
     assert_eq!(serving_agent_pid(&stack)?, agent, "the agent stayed up");
     assert!(stack.sts().exchanges().is_empty());
     Ok(())
