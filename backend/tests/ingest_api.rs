@@ -20,6 +20,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use prost::Message;
 use serde_json::Value;
+use tollgate_backend::ingest::IngestSettings;
 use tollgate_backend::store::Store;
 
 use support::{Backend, SigningKey, TestIssuer, claims};
@@ -137,7 +138,11 @@ impl Fixture {
     async fn start() -> Self {
         let key = SigningKey::rsa("rsa-1");
         let issuer = TestIssuer::start(&[&key]).await;
-        let backend = Backend::start(&issuer.url).await;
+        // The tests send points from fixed dates in the past, such as the
+        // end of January 2025, so the window spans ten years.
+        let mut ingest = IngestSettings::default();
+        ingest.writer.dedup_window_days = 3650;
+        let backend = Backend::start_with_ingest(&issuer.url, ingest).await;
         Self {
             key,
             issuer,
@@ -400,23 +405,71 @@ async fn unusable_bodies_get_4xx_and_record_nothing() {
     // Content type, case name, Content-Encoding, body, status, error code.
     type Case<'a> = (&'a str, &'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
     let cases: Vec<Case> = vec![
-        ("text/plain", "wrong content type", None, valid.clone(), 415, "unsupported_content_type"),
-        (PROTOBUF, "brotli", Some("br"), valid.clone(), 415, "unsupported_content_encoding"),
-        (PROTOBUF, "garbage protobuf", None, b"\xff\xff\xff\xff garbage".to_vec(), 400, "malformed_body"),
-        (PROTOBUF, "truncated protobuf", None, truncated, 400, "malformed_body"),
-        (PROTOBUF, "gzip bomb", Some("gzip"), gzip(&bomb_source), 413, "body_too_large"),
-        (PROTOBUF, "not gzip", Some("gzip"), valid.clone(), 400, "invalid_gzip"),
-        (PROTOBUF, "over the limit", None, vec![0u8; 17 * 1024 * 1024], 413, "body_too_large"),
-        (JSON, "invalid JSON", None, b"{\"resourceMetrics\": [".to_vec(), 400, "malformed_body"),
-        (JSON, "empty JSON", None, Vec::new(), 400, "malformed_body"),
+        (
+            "text/plain",
+            "wrong content type",
+            None,
+            valid.clone(),
+            415,
+            "unsupported_content_type",
+        ),
+        (
+            PROTOBUF,
+            "brotli",
+            Some("br"),
+            valid.clone(),
+            415,
+            "unsupported_content_encoding",
+        ),
+        (
+            PROTOBUF,
+            "garbage protobuf",
+            None,
+            b"\xff\xff\xff\xff garbage".to_vec(),
+            400,
+            "malformed_body",
+        ),
+        (
+            PROTOBUF,
+            "truncated protobuf",
+            None,
+            truncated,
+            400,
+            "malformed_body",
+        ),
+        (
+            PROTOBUF,
+            "gzip bomb",
+            Some("gzip"),
+            gzip(&bomb_source),
+            413,
+            "body_too_large",
+        ),
+        (
+            PROTOBUF,
+            "not gzip",
+            Some("gzip"),
+            valid.clone(),
+            400,
+            "invalid_gzip",
+        ),
+        (
+            PROTOBUF,
+            "over the limit",
+            None,
+            vec![0u8; 17 * 1024 * 1024],
+            413,
+            "body_too_large",
+        ),
         (
             JSON,
-            "enum name",
+            "invalid JSON",
             None,
-            br#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"name":"claude_code.token.usage","sum":{"aggregationTemporality":"AGGREGATION_TEMPORALITY_DELTA","dataPoints":[{"timeUnixNano":"1796405403284000000","asDouble":5,"attributes":[{"key":"type","value":{"stringValue":"input"}}]}]}}]}]}]}"#.to_vec(),
+            b"{\"resourceMetrics\": [".to_vec(),
             400,
-            "unreadable_metric",
+            "malformed_body",
         ),
+        (JSON, "empty JSON", None, Vec::new(), 400, "malformed_body"),
     ];
     for (content_type, name, encoding, body, status, code) in cases {
         let (answered, answered_type, answer) = fixture
@@ -606,5 +659,180 @@ async fn cumulative_series_count_their_increases() {
     assert_eq!(
         fixture.daily(user, "2026-11-06T00:00:00Z").await.input,
         300 + 20
+    );
+}
+
+/// Wraps OTLP/JSON data points in a delta `claude_code.token.usage` sum.
+fn json_token_usage(temporality: &str, points: &[String]) -> Vec<u8> {
+    format!(
+        r#"{{"resourceMetrics":[{{"scopeMetrics":[{{"metrics":[{{"name":"claude_code.token.usage","unit":"tokens","sum":{{"aggregationTemporality":{temporality},"isMonotonic":true,"dataPoints":[{}]}}}}]}}]}}]}}"#,
+        points.join(",")
+    )
+    .into_bytes()
+}
+
+/// Builds one OTLP/JSON data point; `fields` follows the attributes.
+fn json_point(type_attribute: &str, fields: &str) -> String {
+    format!(
+        r#"{{"attributes":[{type_attribute}{{"key":"model","value":{{"stringValue":"m"}}}}],{fields}}}"#
+    )
+}
+
+#[tokio::test]
+async fn invalid_json_points_are_counted_as_rejected() {
+    let fixture = Fixture::start().await;
+    let input = r#"{"key":"type","value":{"stringValue":"input"}},"#;
+    // 1793700001 s is 2026-11-03T10:00:01Z.
+    let at = |second: u32| format!(r#""timeUnixNano":"17937000{second:02}000000000""#);
+    // Case name, the data points, the reason each invalid point is
+    // rejected for, the number rejected, and the input tokens counted.
+    let cases: Vec<(&str, Vec<String>, &str, i64, u64)> = vec![
+        (
+            "non-numeric asDouble",
+            vec![
+                json_point(input, &format!(r#"{},"asDouble":"many""#, at(1))),
+                json_point(input, &format!(r#"{},"asDouble":10"#, at(2))),
+            ],
+            "asDouble or asInt is not a number",
+            1,
+            10,
+        ),
+        (
+            "boolean asInt",
+            vec![
+                json_point(input, &format!(r#"{},"asInt":true"#, at(3))),
+                json_point(input, &format!(r#"{},"asInt":"11""#, at(4))),
+            ],
+            "asDouble or asInt is not a number",
+            1,
+            11,
+        ),
+        (
+            "NaN as a string",
+            vec![
+                json_point(input, &format!(r#"{},"asDouble":"NaN""#, at(5))),
+                json_point(input, &format!(r#"{},"asDouble":"12""#, at(6))),
+            ],
+            "not a finite number",
+            1,
+            12,
+        ),
+        (
+            "asInt beyond int64",
+            vec![
+                json_point(
+                    input,
+                    &format!(r#"{},"asInt":"99999999999999999999""#, at(7)),
+                ),
+                json_point(input, &format!(r#"{},"asInt":13"#, at(8))),
+            ],
+            "over 1,000,000,000,000 tokens",
+            1,
+            13,
+        ),
+        (
+            "missing type",
+            vec![
+                json_point("", &format!(r#"{},"asDouble":5"#, at(9))),
+                json_point(input, &format!(r#"{},"asDouble":14"#, at(10))),
+            ],
+            "`type` attribute",
+            1,
+            14,
+        ),
+        (
+            "time is not an integer",
+            vec![
+                json_point(input, r#""timeUnixNano":"yesterday","asDouble":5"#),
+                json_point(input, &format!(r#"{},"asDouble":15"#, at(11))),
+            ],
+            "not a decimal integer",
+            1,
+            15,
+        ),
+        (
+            "attribute value of the wrong kind",
+            vec![
+                json_point(
+                    r#"{"key":"type","value":{"stringValue":7}},"#,
+                    &format!(r#"{},"asDouble":5"#, at(12)),
+                ),
+                json_point(input, &format!(r#"{},"asDouble":16"#, at(13))),
+            ],
+            "not a valid OTLP/JSON KeyValue",
+            1,
+            16,
+        ),
+    ];
+    for (index, (name, points, reason, rejected, counted)) in cases.into_iter().enumerate() {
+        let user = format!("json{index}@example.com");
+        let (status, _, answer) = fixture
+            .post(
+                Some(&fixture.token(&user)),
+                JSON,
+                None,
+                json_token_usage("1", &points),
+            )
+            .await;
+        assert_eq!(status, 200, "{name}: {}", String::from_utf8_lossy(&answer));
+        let response: Value = serde_json::from_slice(&answer).expect("a JSON answer");
+        let partial = &response["partialSuccess"];
+        assert_eq!(
+            partial["rejectedDataPoints"].as_i64(),
+            Some(rejected),
+            "{name}: {response}"
+        );
+        let message = partial["errorMessage"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(reason),
+            "{name}: {reason:?} missing from {message}"
+        );
+        assert_eq!(
+            fixture.daily(&user, "2026-11-03T00:00:00Z").await.input,
+            counted,
+            "{name}: the valid point counts"
+        );
+    }
+}
+
+#[tokio::test]
+async fn json_enum_name_temporality_rejects_its_points() {
+    let fixture = Fixture::start().await;
+    let user = "enum@example.com";
+    let points = [
+        json_point(
+            r#"{"key":"type","value":{"stringValue":"input"}},"#,
+            r#""timeUnixNano":"1793700001000000000","asDouble":5"#,
+        ),
+        json_point(
+            r#"{"key":"type","value":{"stringValue":"output"}},"#,
+            r#""timeUnixNano":"1793700001000000000","asDouble":6"#,
+        ),
+    ];
+    let (status, _, answer) = fixture
+        .post(
+            Some(&fixture.token(user)),
+            JSON,
+            None,
+            json_token_usage(r#""AGGREGATION_TEMPORALITY_DELTA""#, &points),
+        )
+        .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    let response: Value = serde_json::from_slice(&answer).expect("a JSON answer");
+    assert_eq!(
+        response["partialSuccess"]["rejectedDataPoints"], 2,
+        "{response}"
+    );
+    let message = response["partialSuccess"]["errorMessage"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("neither delta (1) nor cumulative (2)"),
+        "{message}"
+    );
+    assert_eq!(
+        fixture.daily(user, "2026-11-03T00:00:00Z").await,
+        Default::default(),
+        "nothing counted"
     );
 }

@@ -9,7 +9,10 @@
 //! ```
 //!
 //! The load generator runs in the same process as the issuer and shares
-//! the machine's cores with the server.
+//! the machine's cores with the server. Next to points per second, each
+//! run prints the CPU time per point of the server process and of the
+//! load generator, read from `/proc/PID/stat`, which depend less on other
+//! load on the machine than the rate does.
 
 // The measurement is printed for `--nocapture`.
 #![allow(clippy::print_stdout)]
@@ -106,6 +109,41 @@ fn export_body(request_index: usize, points: usize, json: bool) -> Vec<u8> {
     } else {
         request.encode_to_vec()
     }
+}
+
+/// Returns the user and system CPU time of process `pid` (`self` for this
+/// process) in seconds, from `/proc/PID/stat`.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat reads");
+    // The fields after the command name, which is in parentheses and may
+    // contain spaces: state is the first, utime the 12th and stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("the stat line has a command name")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().expect("utime is a number")
+        + fields[12].parse::<f64>().expect("stime is a number");
+    ticks / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    let output = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf runs");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("CLK_TCK is a number")
+}
+
+/// Reads the one-minute load average from `/proc/loadavg`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| text.split_whitespace().next().unwrap_or("?").to_owned())
+        .unwrap_or_else(|_| "?".to_owned())
 }
 
 struct Server {
@@ -205,6 +243,11 @@ async fn send_all(
 }
 
 async fn run_http(name: &str, requests: usize, points: usize, json: bool, connections: usize) {
+    // INGEST_BENCH=TEXT runs only the measurements whose name contains
+    // TEXT, such as `4-point` for a profile of small requests.
+    if std::env::var("INGEST_BENCH").is_ok_and(|only| !name.contains(only.as_str())) {
+        return;
+    }
     let key = SigningKey::rsa("rsa-1");
     let issuer = TestIssuer::start(&[&key]).await;
     let folder = tempfile::tempdir().expect("a temporary folder");
@@ -215,15 +258,27 @@ async fn run_http(name: &str, requests: usize, points: usize, json: bool, connec
         .map(|index| export_body(index, points, json))
         .collect();
     let bytes: usize = bodies.iter().map(Vec::len).sum();
+    let server_pid = server.child.id().to_string();
+    let load_before = load_average();
+    let server_cpu = cpu_seconds(&server_pid);
+    let client_cpu = cpu_seconds("self");
     let elapsed = send_all(&server.url, &token, bodies.clone(), json, connections).await;
+    let server_cpu = cpu_seconds(&server_pid) - server_cpu;
+    let client_cpu = cpu_seconds("self") - client_cpu;
     let total = (requests * points) as f64;
     println!(
         "{name}: {requests} requests × {points} points ({:.1} MB) over {connections} connections \
-         in {:.2} s: {:.0} points/s, {:.0} requests/s",
+         in {:.2} s: {:.0} points/s, {:.0} requests/s; server CPU {:.2} µs/point \
+         ({:.0} points per CPU second), load generator and issuer CPU {:.2} µs/point; \
+         load average {load_before} before, {} after",
         bytes as f64 / 1e6,
         elapsed.as_secs_f64(),
         total / elapsed.as_secs_f64(),
-        requests as f64 / elapsed.as_secs_f64()
+        requests as f64 / elapsed.as_secs_f64(),
+        server_cpu * 1e6 / total,
+        total / server_cpu.max(1e-9),
+        client_cpu * 1e6 / total,
+        load_average()
     );
     // Everything again: all duplicates, nothing more counted.
     let again = send_all(&server.url, &token, bodies, json, connections).await;
@@ -256,6 +311,8 @@ async fn ingest_throughput() {
     run_http("protobuf, 5,000-point batches", 60, 5_000, false, 2).await;
     run_http("JSON, 5,000-point batches", 20, 5_000, true, 2).await;
     run_http("protobuf, 4-point requests", 10_000, 4, false, 8).await;
+    run_http("protobuf, 4-point requests", 20_000, 4, false, 32).await;
+    run_http("JSON, 4-point requests", 10_000, 4, true, 32).await;
     store_throughput().await;
 }
 

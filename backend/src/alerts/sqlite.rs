@@ -4,7 +4,7 @@
 //! the ingest migration in [`crate::ingest::sqlite::MIGRATION`].
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{Connection, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::AlertRecord;
 use super::deliver::{AlertDelivery, DeliveryOutcome};
@@ -25,9 +25,10 @@ fn decode(body: &str) -> rusqlite::Result<AlertRecord> {
 }
 
 /// Inserts each alert whose dedup key is new, queues it for the webhook
-/// when `queue_webhook`, and returns the alerts that were new.
+/// when `queue_webhook`, and returns the alerts that were new. Runs inside
+/// the caller's transaction or savepoint.
 pub fn insert_alerts(
-    transaction: &Transaction<'_>,
+    transaction: &Connection,
     alerts: &[AlertRecord],
     queue_webhook: bool,
     now: DateTime<Utc>,

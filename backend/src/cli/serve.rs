@@ -109,6 +109,18 @@ pub struct ServeArgs {
         default_value = ""
     )]
     count_type_aliases: String,
+
+    /// The de-duplication window in days: a usage point that ended longer
+    /// ago is rejected, and the identities of older points are deleted a
+    /// day after they leave the window.
+    #[arg(
+        long,
+        env = "TOLLGATE_DEDUP_WINDOW_DAYS",
+        value_name = "DAYS",
+        default_value_t = crate::ingest::DEFAULT_DEDUP_WINDOW_DAYS,
+        value_parser = clap::value_parser!(u32).range(1..=3650)
+    )]
+    dedup_window_days: u32,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -175,11 +187,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let store: Arc<dyn Store> = Arc::new(store);
-    let mut ingest = IngestSettings {
-        max_body_bytes: args.max_metrics_bytes,
-        types,
-        alert_wake: None,
-    };
+    let mut ingest = IngestSettings::default();
+    ingest.max_body_bytes = args.max_metrics_bytes;
+    ingest.types = types;
+    ingest.writer.dedup_window_days = args.dedup_window_days;
     if let Some(url) = webhook {
         let wake = Arc::new(Notify::new());
         let sender = WebhookSender::new(

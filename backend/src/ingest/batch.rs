@@ -80,6 +80,35 @@ pub struct BatchOutcome {
     pub alerts: Vec<AlertRecord>,
 }
 
+/// The batches of several export requests, recorded in one store
+/// transaction by the ingest writer, and an optional pruning of expired
+/// point identities in the same transaction.
+#[derive(Debug, Clone, Default)]
+pub struct UsageGroup {
+    pub batches: Vec<UsageBatch>,
+    pub prune: Option<Prune>,
+}
+
+/// A request to delete the identities of points that ended before `before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prune {
+    pub before: DateTime<Utc>,
+    /// The maximum number of identities deleted, so that one prune holds
+    /// the write lock only briefly.
+    pub limit: usize,
+}
+
+/// The outcome of recording a [`UsageGroup`].
+#[derive(Debug, Default)]
+pub struct GroupOutcome {
+    /// One result per batch, in the group's order. Each batch is recorded
+    /// in its own savepoint, so a batch that fails changes nothing and the
+    /// others are kept.
+    pub batches: Vec<crate::store::StoreResult<BatchOutcome>>,
+    /// The number of identities the prune deleted.
+    pub pruned: usize,
+}
+
 /// A user's tokens of one type and model in one UTC day.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelUsage {

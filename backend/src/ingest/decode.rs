@@ -6,11 +6,14 @@
 //! crate's serde derives decode the OTLP/JSON encoding (64-bit integers as
 //! decimal strings or numbers, enum values as integers).
 
+use std::collections::BTreeMap;
 use std::io::Read;
 
 use flate2::read::MultiGzDecoder;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use prost::Message;
+
+use super::points::Rejection;
 
 /// The encoding of a request body, taken from its `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,15 +171,30 @@ pub fn decode_request(
     }
 }
 
+/// A decoded request and the points the decoder had to drop.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub request: ExportMetricsServiceRequest,
+    /// Token usage points removed as invalid while decoding, by reason;
+    /// only OTLP/JSON bodies have any (see [`super::json`]).
+    pub rejected: BTreeMap<Rejection, u64>,
+}
+
 /// Decompresses and decodes a request body.
 pub fn decode_body(
     body: &[u8],
     encoding: Encoding,
     compression: Compression,
     limit: usize,
-) -> Result<ExportMetricsServiceRequest, DecodeError> {
+) -> Result<Decoded, DecodeError> {
     let inflated = inflate(body, compression, limit)?;
-    decode_request(&inflated, encoding)
+    let mut request = decode_request(&inflated, encoding)?;
+    let rejected = if encoding == Encoding::Json && super::json::needs_recovery(&request) {
+        super::json::recover(&inflated, &mut request)
+    } else {
+        BTreeMap::new()
+    };
+    Ok(Decoded { request, rejected })
 }
 
 #[cfg(test)]

@@ -7,20 +7,25 @@
 //! `partial_success` that counts and explains rejected points; a `4xx`
 //! with a `google.rpc.Status` (protobuf) or a JSON object with `code`,
 //! `message` and `error` for a body that cannot be used, in which case
-//! nothing is recorded; `503` when the store is unavailable, which OTLP
-//! exporters retry.
+//! nothing is recorded; `503` with `Retry-After` when the store is
+//! unavailable or the writer's queue is full, which OTLP exporters retry.
+//!
+//! Decoding, token validation and alert policy reads run on the request's
+//! task; the points go to the [`super::writer`], which records the
+//! batches of many requests in one transaction and answers each request
+//! after the commit.
 
 use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
 };
 use prost::Message;
 use tollgate_protocol::check::PolicyKind;
@@ -30,6 +35,7 @@ use super::IngestSettings;
 use super::batch::UsageBatch;
 use super::decode::{Compression, DecodeError, Encoding, decode_body};
 use super::points::{Extracted, UnreadableMetric, extract};
+use super::writer::WriteError;
 use crate::alerts::AlertRule;
 use crate::auth::{Authenticated, Caller};
 use crate::server::{AppState, error_chain};
@@ -47,6 +53,10 @@ struct RpcStatus {
     #[prost(string, tag = "2")]
     message: String,
 }
+
+/// The `Retry-After` of a 503: the writer's queue drains in milliseconds,
+/// so one second is enough for most retries.
+const RETRY_AFTER_SECONDS: &str = "1";
 
 /// gRPC status codes used in error bodies.
 const RPC_INVALID_ARGUMENT: i32 = 3;
@@ -92,7 +102,13 @@ impl IntoResponse for Failure {
             .to_string()
             .into_bytes(),
         };
-        encoded(self.status, self.encoding, body)
+        let mut response = encoded(self.status, self.encoding, body);
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        }
+        response
     }
 }
 
@@ -172,18 +188,28 @@ async fn ingest(
     let decode_and_extract = {
         let types = settings.types.clone();
         let user = user.clone();
+        let dedup_window_days = settings.writer.dedup_window_days;
         move || -> Result<Extracted, Failure> {
-            let request: ExportMetricsServiceRequest =
-                decode_body(&bytes, encoding, compression, limit)
-                    .map_err(|error| Failure::decode(&error, encoding))?;
-            extract(&request, &user, &types, now, encoding == Encoding::Json).map_err(
-                |error: UnreadableMetric| Failure {
-                    status: StatusCode::BAD_REQUEST,
-                    code: "unreadable_metric",
-                    message: error.to_string(),
-                    encoding,
-                },
+            let decoded = decode_body(&bytes, encoding, compression, limit)
+                .map_err(|error| Failure::decode(&error, encoding))?;
+            let mut extracted = extract(
+                &decoded.request,
+                &user,
+                &types,
+                now,
+                dedup_window_days,
+                encoding == Encoding::Json,
             )
+            .map_err(|error: UnreadableMetric| Failure {
+                status: StatusCode::BAD_REQUEST,
+                code: "unreadable_metric",
+                message: error.to_string(),
+                encoding,
+            })?;
+            for (reason, count) in decoded.rejected {
+                *extracted.rejected.entry(reason).or_default() += count;
+            }
+            Ok(extracted)
         }
     };
     let extracted = if bytes_len_hint(headers, limit) > INLINE_DECODE_BYTES {
@@ -212,11 +238,11 @@ async fn ingest(
             points,
             alerting,
         };
-        let outcome = state
-            .store
-            .record_usage_points(&batch)
+        let outcome = settings
+            .writer(&state.store)
+            .record(batch)
             .await
-            .map_err(|error| store_failure(&error, encoding))?;
+            .map_err(|error| write_failure(&error, encoding))?;
         for alert in &outcome.alerts {
             alert.log();
         }
@@ -282,6 +308,34 @@ fn is_length_limit(error: &axum::Error) -> bool {
         source = cause.source();
     }
     false
+}
+
+/// Maps a failure of the ingest writer to a 503, which OTLP exporters
+/// retry after the `Retry-After` delay.
+fn write_failure(error: &WriteError, encoding: Encoding) -> Failure {
+    let code = match error {
+        WriteError::QueueFull { .. } => {
+            tracing::warn!("rejected a metrics export: {error}");
+            "ingest_queue_full"
+        }
+        WriteError::Stopped => "shutting_down",
+        WriteError::Store(message) => {
+            tracing::error!("store failure while ingesting usage: {message}");
+            "store_unavailable"
+        }
+    };
+    let message = match error {
+        WriteError::Store(message) => {
+            format!("the quota store is unavailable ({message}); the export is retried")
+        }
+        other => other.to_string(),
+    };
+    Failure {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code,
+        message,
+        encoding,
+    }
 }
 
 fn store_failure(error: &crate::store::StoreError, encoding: Encoding) -> Failure {

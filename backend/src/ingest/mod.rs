@@ -3,10 +3,15 @@
 //! for the user the bearer token names.
 //!
 //! - [`decode`]: content type, gzip, the size limit, protobuf and JSON.
+//! - [`json`]: the OTLP/JSON points the typed decoder drops, recovered
+//!   with a rejection reason each.
 //! - [`points`]: which points count, their tokens, identity and rejections.
 //! - [`batch`]: the points as the store records them, and the conversion
 //!   of cumulative series to deltas.
-//! - [`sqlite`]: the one-transaction batch write of the SQLite store.
+//! - [`sqlite`]: the one-transaction batch and group writes of the SQLite
+//!   store, and the pruning of expired point identities.
+//! - [`writer`]: the task that records the batches of many requests in one
+//!   transaction (group commit).
 //! - [`handler`]: the HTTP handler and its OTLP responses.
 //!
 //! The user is whoever the validated bearer token says, exactly as for
@@ -17,14 +22,19 @@
 pub mod batch;
 pub mod decode;
 pub mod handler;
+pub mod json;
 pub mod points;
 pub mod sqlite;
+pub mod writer;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Notify;
 
 pub use points::TypeMapping;
+pub use writer::{DEFAULT_DEDUP_WINDOW_DAYS, UsageWriter, WriterSettings};
+
+use crate::store::Store;
 
 /// The default limit of a request body, compressed or inflated: 16 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -39,6 +49,18 @@ pub struct IngestSettings {
     /// Wakes the webhook sender after an alert is raised; `None` when no
     /// webhook is configured, so alerts go to the log only.
     pub alert_wake: Option<Arc<Notify>>,
+    /// The queue, group size and de-duplication window of the writer.
+    pub writer: WriterSettings,
+    /// The writer, started by the first request that has points to record.
+    started: OnceLock<UsageWriter>,
+}
+
+impl IngestSettings {
+    /// Returns the writer, starting it on the current runtime on first use.
+    pub fn writer(&self, store: &Arc<dyn Store>) -> &UsageWriter {
+        self.started
+            .get_or_init(|| UsageWriter::start(Arc::clone(store), self.writer.clone()))
+    }
 }
 
 impl Default for IngestSettings {
@@ -47,6 +69,8 @@ impl Default for IngestSettings {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             types: TypeMapping::default(),
             alert_wake: None,
+            writer: WriterSettings::default(),
+            started: OnceLock::new(),
         }
     }
 }

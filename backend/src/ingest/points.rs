@@ -100,6 +100,19 @@ pub enum Rejection {
     EndTimeOutOfRange,
     StartAfterEnd,
     InTheFuture,
+    /// The point ended before the de-duplication window of this many days.
+    OlderThanWindow {
+        days: u32,
+    },
+    /// OTLP/JSON only: `asDouble` or `asInt` is present but not a number.
+    InvalidValue,
+    /// OTLP/JSON only: a time is not a decimal integer of nanoseconds.
+    InvalidTime,
+    /// OTLP/JSON only: an attribute is not a valid `KeyValue`.
+    InvalidAttribute,
+    /// OTLP/JSON only: the point is not a valid `NumberDataPoint` for
+    /// another reason.
+    InvalidPoint,
 }
 
 impl fmt::Display for Rejection {
@@ -119,6 +132,18 @@ impl fmt::Display for Rejection {
             Self::EndTimeOutOfRange => "timeUnixNano is after the year 2262",
             Self::StartAfterEnd => "startTimeUnixNano is after timeUnixNano",
             Self::InTheFuture => "timeUnixNano is more than 10 minutes in the future",
+            Self::OlderThanWindow { days } => {
+                return write!(
+                    formatter,
+                    "timeUnixNano is older than the {days}-day de-duplication window"
+                );
+            }
+            Self::InvalidValue => "asDouble or asInt is not a number",
+            Self::InvalidTime => {
+                "timeUnixNano or startTimeUnixNano is not a decimal integer of nanoseconds"
+            }
+            Self::InvalidAttribute => "an attribute is not a valid OTLP/JSON KeyValue",
+            Self::InvalidPoint => "the point is not a valid OTLP/JSON NumberDataPoint",
         };
         formatter.write_str(text)
     }
@@ -171,21 +196,29 @@ impl Extracted {
 )]
 pub struct UnreadableMetric;
 
-/// Reads the counted points of `request` for `user`.
+/// Reads the counted points of `request` for `user`. A point that ended
+/// more than `dedup_window_days` before `now` is rejected, because its
+/// identity may already have been deleted.
 ///
 /// With `require_data`, a `claude_code.token.usage` metric without data
-/// fails the request. The JSON decoder drops a metric's data when any of
-/// its fields is invalid, so this turns a silent loss into a 400.
+/// fails the request. The OTLP/JSON decoder drops a metric's data when any
+/// of its fields is invalid, and [`super::json::recover`] restores the
+/// points it can, so this turns the remaining silent loss into a 400.
 pub fn extract(
     request: &ExportMetricsServiceRequest,
     user: &str,
     types: &TypeMapping,
     now: DateTime<Utc>,
+    dedup_window_days: u32,
     require_data: bool,
 ) -> Result<Extracted, UnreadableMetric> {
     let mut extracted = Extracted::default();
     let mut buffer = Vec::new();
-    let latest_end = now + MAX_FUTURE_SKEW;
+    let window = PointWindow {
+        earliest_end: now - chrono::Duration::days(i64::from(dedup_window_days)),
+        latest_end: now + MAX_FUTURE_SKEW,
+        days: dedup_window_days,
+    };
     let mut cumulative_start = None;
 
     for resource_metrics in &request.resource_metrics {
@@ -230,7 +263,7 @@ pub fn extract(
                         temporality,
                         &series_prefix,
                         types,
-                        latest_end,
+                        &window,
                         &mut buffer,
                     ) {
                         Ok(point) => {
@@ -344,12 +377,19 @@ fn string_attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str
         })
 }
 
+/// The range of end times a point may have.
+struct PointWindow {
+    earliest_end: DateTime<Utc>,
+    latest_end: DateTime<Utc>,
+    days: u32,
+}
+
 fn read_point(
     data_point: &NumberDataPoint,
     temporality: AggregationTemporality,
     series_prefix: &Context,
     types: &TypeMapping,
-    latest_end: DateTime<Utc>,
+    window: &PointWindow,
     buffer: &mut Vec<u8>,
 ) -> Result<UsagePoint, Rejection> {
     let cumulative = match temporality {
@@ -371,8 +411,11 @@ fn read_point(
     if data_point.start_time_unix_nano > end_nanos {
         return Err(Rejection::StartAfterEnd);
     }
-    if end > latest_end {
+    if end > window.latest_end {
         return Err(Rejection::InTheFuture);
+    }
+    if end < window.earliest_end {
+        return Err(Rejection::OlderThanWindow { days: window.days });
     }
 
     let mut series = series_prefix.clone();

@@ -12,13 +12,15 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tollgate_quota::{Identity, TokenType, TokenUsage};
 
 use super::batch::{
-    BatchOutcome, ModelUsage, PointValue, SeriesState, UsageBatch, cumulative_delta,
+    BatchOutcome, GroupOutcome, ModelUsage, PointValue, Prune, SeriesState, UsageBatch, UsageGroup,
+    cumulative_delta,
 };
 use crate::alerts::{UsageChange, sqlite::insert_alerts};
+use crate::store::StoreError;
 
 /// The schema migration that adds ingest and alert tables.
 pub const MIGRATION: &str = "
@@ -66,6 +68,11 @@ pub const MIGRATION: &str = "
 
 const INSERT_POINT_SQL: &str =
     "INSERT OR IGNORE INTO usage_points (id, end_unix_nano) VALUES (?1, ?2)";
+/// Deletes the oldest identities up to a key, a bounded number at a time.
+/// SQLite's `DELETE ... LIMIT` needs a compile option, hence the subquery.
+const PRUNE_POINTS_SQL: &str = "
+    DELETE FROM usage_points WHERE id IN (
+        SELECT id FROM usage_points WHERE id < ?1 ORDER BY id LIMIT ?2)";
 const READ_SERIES_SQL: &str =
     "SELECT start_unix_nano, end_unix_nano, total FROM usage_series WHERE id = ?1";
 const WRITE_SERIES_SQL: &str = "
@@ -108,8 +115,10 @@ fn month_key((year, month): Month) -> String {
     format!("{year:04}-{month:02}")
 }
 
+/// Formats `date` as `YYYY-MM-DD` without parsing a strftime pattern on
+/// every call, which showed in profiles of small export requests.
 fn day_key(date: NaiveDate) -> String {
-    date.format("%Y-%m-%d").to_string()
+    format!("{:04}-{:02}-{:02}", date.year(), date.month(), date.day())
 }
 
 /// Converts a stored count or time to SQLite's signed integer. Ingest
@@ -125,13 +134,80 @@ pub fn record_batch(
     identity: &Identity,
 ) -> rusqlite::Result<BatchOutcome> {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let outcome = record_in(&transaction, batch, identity)?;
+    transaction.commit()?;
+    Ok(outcome)
+}
+
+/// Records every batch of `group` and runs its prune in one `BEGIN
+/// IMMEDIATE` transaction, so the group pays for one commit. Each batch is
+/// recorded in a savepoint: a batch that fails is rolled back alone and
+/// gets its error, and the other batches are kept. Batches are applied in
+/// order, so alerts see the usage of the batches before them.
+pub fn record_group(
+    connection: &mut Connection,
+    group: &UsageGroup,
+) -> rusqlite::Result<GroupOutcome> {
+    let mut transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcome = GroupOutcome {
+        batches: Vec::with_capacity(group.batches.len()),
+        pruned: 0,
+    };
+    for batch in &group.batches {
+        let identity = match Identity::parse(&batch.user) {
+            Ok(identity) => identity,
+            Err(error) => {
+                outcome
+                    .batches
+                    .push(Err(StoreError::InvalidInput(error.to_string())));
+                continue;
+            }
+        };
+        let savepoint = transaction.savepoint()?;
+        match record_in(&savepoint, batch, &identity) {
+            Ok(recorded) => {
+                savepoint.commit()?;
+                outcome.batches.push(Ok(recorded));
+            }
+            // Dropping the savepoint rolls back this batch's writes.
+            Err(error) => outcome.batches.push(Err(StoreError::Backend {
+                backend: "SQLite",
+                operation: "recording usage points",
+                source: Box::new(error),
+            })),
+        }
+    }
+    if let Some(prune) = &group.prune {
+        outcome.pruned = prune_points(&transaction, prune)?;
+    }
+    transaction.commit()?;
+    Ok(outcome)
+}
+
+/// Deletes up to `prune.limit` identities of points that ended before
+/// `prune.before`. Identities start with the end time in big-endian
+/// nanoseconds, so the old ones are a range at the start of the key index.
+fn prune_points(connection: &Connection, prune: &Prune) -> rusqlite::Result<usize> {
+    let before_nanos = prune.before.timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
+    let limit = i64::try_from(prune.limit).unwrap_or(i64::MAX);
+    connection
+        .prepare_cached(PRUNE_POINTS_SQL)?
+        .execute(params![&before_nanos.to_be_bytes()[..], limit])
+}
+
+/// Records `batch` inside the caller's transaction or savepoint.
+fn record_in(
+    connection: &Connection,
+    batch: &UsageBatch,
+    identity: &Identity,
+) -> rusqlite::Result<BatchOutcome> {
     let mut outcome = BatchOutcome::default();
     let mut daily: HashMap<(NaiveDate, TokenType), u64> = HashMap::new();
     let mut models: HashMap<(NaiveDate, &str, &str), u64> = HashMap::new();
     {
-        let mut insert_point = transaction.prepare_cached(INSERT_POINT_SQL)?;
-        let mut read_series = transaction.prepare_cached(READ_SERIES_SQL)?;
-        let mut write_series = transaction.prepare_cached(WRITE_SERIES_SQL)?;
+        let mut insert_point = connection.prepare_cached(INSERT_POINT_SQL)?;
+        let mut read_series = connection.prepare_cached(READ_SERIES_SQL)?;
+        let mut write_series = connection.prepare_cached(WRITE_SERIES_SQL)?;
         for point in &batch.points {
             let end_nanos = point.end.timestamp_nanos_opt().unwrap_or(i64::MAX);
             if insert_point.execute(params![&point.id[..], end_nanos])? == 0 {
@@ -164,33 +240,36 @@ pub fn record_batch(
                 }
             };
             let date = point.end.date_naive();
-            *models
+            // The sums saturate like the stored counters, so a batch of
+            // points too large for a u64 stops at the maximum.
+            let model_total = models
                 .entry((date, point.model.as_str(), point.type_name.as_str()))
-                .or_default() += tokens;
+                .or_default();
+            *model_total = model_total.saturating_add(tokens);
             if let Some(token_type) = point.counted_as {
-                *daily.entry((date, token_type)).or_default() += tokens;
+                let day_total = daily.entry((date, token_type)).or_default();
+                *day_total = day_total.saturating_add(tokens);
             }
         }
     }
 
-    write_counters(&transaction, &batch.user, &daily, &models)?;
+    write_counters(connection, &batch.user, &daily, &models)?;
     if let Some(rule) = &batch.alerting {
         let today = rule.now.date_naive();
         let (daily_change, monthly_change) =
-            period_changes(&transaction, &batch.user, &daily, today)?;
+            period_changes(connection, &batch.user, &daily, today)?;
         if daily_change.before != daily_change.after
             || monthly_change.before != monthly_change.after
         {
             let crossings = rule.crossings(identity, daily_change, monthly_change);
-            outcome.alerts = insert_alerts(&transaction, &crossings, rule.queue_webhook, rule.now)?;
+            outcome.alerts = insert_alerts(connection, &crossings, rule.queue_webhook, rule.now)?;
         }
     }
-    transaction.commit()?;
     Ok(outcome)
 }
 
 fn write_counters(
-    transaction: &Transaction<'_>,
+    transaction: &Connection,
     user: &str,
     daily: &HashMap<(NaiveDate, TokenType), u64>,
     models: &HashMap<(NaiveDate, &str, &str), u64>,
@@ -204,7 +283,8 @@ fn write_counters(
             token_type.as_str(),
             sql_integer(*tokens)
         ])?;
-        *monthly.entry((month_of(*date), *token_type)).or_default() += tokens;
+        let month_total = monthly.entry((month_of(*date), *token_type)).or_default();
+        *month_total = month_total.saturating_add(*tokens);
     }
     let mut add_monthly = transaction.prepare_cached(ADD_MONTHLY_SQL)?;
     for ((month, token_type), tokens) in &monthly {
@@ -231,7 +311,7 @@ fn write_counters(
 /// Returns the usage of the UTC day `today` and its month before and after
 /// the batch's `daily` additions, read inside the batch's transaction.
 fn period_changes(
-    transaction: &Transaction<'_>,
+    transaction: &Connection,
     user: &str,
     daily: &HashMap<(NaiveDate, TokenType), u64>,
     today: NaiveDate,

@@ -22,7 +22,7 @@ use tollgate_quota::{Policy, TokenType, TokenUsage, UnblockGrant};
 
 use crate::alerts::AlertRecord;
 use crate::alerts::deliver::{AlertDelivery, DeliveryOutcome};
-use crate::ingest::batch::{BatchOutcome, ModelUsage, UsageBatch};
+use crate::ingest::batch::{BatchOutcome, GroupOutcome, ModelUsage, UsageBatch, UsageGroup};
 
 /// A failed store operation.
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +235,14 @@ pub trait Store: Send + Sync {
     /// recorded point. With `batch.alerting`, it inserts the alerts the
     /// batch newly crossed in the same transaction, each once per store.
     async fn record_usage_points(&self, batch: &UsageBatch) -> StoreResult<BatchOutcome>;
+
+    /// Records the batches of several export requests in one transaction,
+    /// each as [`Store::record_usage_points`] would, in order, and deletes
+    /// up to `group.prune.limit` identities of points that ended before
+    /// `group.prune.before`. A batch that fails changes nothing and gets its
+    /// own error; the outer error means nothing of the group was recorded.
+    /// The ingest writer uses it to pay one commit for many requests.
+    async fn record_usage_group(&self, group: UsageGroup) -> StoreResult<GroupOutcome>;
 
     /// Returns the user's per-model totals for the UTC day containing `at`,
     /// including token types that do not count, ordered by model and type.

@@ -23,7 +23,7 @@ use super::{
 };
 use crate::alerts::AlertRecord;
 use crate::alerts::deliver::{AlertDelivery, DeliveryOutcome};
-use crate::ingest::batch::{BatchOutcome, ModelUsage, UsageBatch};
+use crate::ingest::batch::{BatchOutcome, GroupOutcome, ModelUsage, UsageBatch, UsageGroup};
 
 /// How long a statement waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -761,6 +761,13 @@ impl Store for SqliteStore {
         let batch = batch.clone();
         self.run("recording usage points", move |connection| {
             crate::ingest::sqlite::record_batch(connection, &batch, &identity)
+        })
+        .await
+    }
+
+    async fn record_usage_group(&self, group: UsageGroup) -> StoreResult<GroupOutcome> {
+        self.run("recording a group of usage batches", move |connection| {
+            crate::ingest::sqlite::record_group(connection, &group)
         })
         .await
     }

@@ -29,7 +29,10 @@ use tokio::sync::oneshot;
 use tollgate_backend::alerts::AlertRecord;
 use tollgate_backend::alerts::deliver::{AlertDelivery, DeliveryOutcome};
 use tollgate_backend::auth::{AuthConfig, TokenValidator};
-use tollgate_backend::ingest::batch::{BatchOutcome, ModelUsage, UsageBatch};
+use tollgate_backend::ingest::IngestSettings;
+use tollgate_backend::ingest::batch::{
+    BatchOutcome, GroupOutcome, ModelUsage, UsageBatch, UsageGroup,
+};
 use tollgate_backend::server::{self, AppState};
 use tollgate_backend::store::sqlite::SqliteStore;
 use tollgate_backend::store::{
@@ -233,6 +236,11 @@ impl CountingStore {
         }
     }
 
+    /// Returns the path of the SQLite file.
+    pub fn path(&self) -> &Path {
+        self.inner.path()
+    }
+
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
     }
@@ -312,6 +320,10 @@ impl Store for CountingStore {
         self.count();
         self.inner.record_usage_points(batch).await
     }
+    async fn record_usage_group(&self, group: UsageGroup) -> StoreResult<GroupOutcome> {
+        self.count();
+        self.inner.record_usage_group(group).await
+    }
     async fn model_usage(&self, user: &str, at: DateTime<Utc>) -> StoreResult<Vec<ModelUsage>> {
         self.count();
         self.inner.model_usage(user, at).await
@@ -356,21 +368,37 @@ impl Backend {
     pub async fn start_with(auth: AuthConfig, counting: CountingConfig) -> Self {
         let folder = tempfile::tempdir().expect("a temporary folder");
         let path = folder.path().join("tollgate.db");
-        Self::start_inner(auth, counting, &path, folder).await
+        Self::start_inner(auth, counting, &path, folder, IngestSettings::default()).await
+    }
+
+    /// Starts the backend for `issuer` with the given `POST /v1/metrics`
+    /// settings.
+    pub async fn start_with_ingest(issuer: &str, ingest: IngestSettings) -> Self {
+        let folder = tempfile::tempdir().expect("a temporary folder");
+        let path = folder.path().join("tollgate.db");
+        let auth = AuthConfig::new(issuer, AUDIENCE);
+        Self::start_inner(auth, CountingConfig::default(), &path, folder, ingest).await
     }
 
     /// Starts the backend for `issuer` on the existing store file `path`.
     pub async fn start_on(issuer: &str, path: &Path) -> Self {
         let folder = tempfile::tempdir().expect("a temporary folder");
         let auth = AuthConfig::new(issuer, AUDIENCE);
-        Self::start_inner(auth, CountingConfig::default(), path, folder).await
+        Self::start_inner(
+            auth,
+            CountingConfig::default(),
+            path,
+            folder,
+            IngestSettings::default(),
+        )
+        .await
     }
 
     /// Starts the backend with the given settings on the existing store
     /// file `path`.
     pub async fn start_on_with(auth: AuthConfig, counting: CountingConfig, path: &Path) -> Self {
         let folder = tempfile::tempdir().expect("a temporary folder");
-        Self::start_inner(auth, counting, path, folder).await
+        Self::start_inner(auth, counting, path, folder, IngestSettings::default()).await
     }
 
     async fn start_inner(
@@ -378,6 +406,7 @@ impl Backend {
         counting: CountingConfig,
         path: &Path,
         folder: tempfile::TempDir,
+        ingest: IngestSettings,
     ) -> Self {
         let sqlite = SqliteStore::open(path).expect("store opens");
         let store = Arc::new(CountingStore::new(sqlite));
@@ -393,9 +422,13 @@ impl Backend {
         let listener = server::bind(address, None).await.expect("bind the backend");
         let url = format!("http://{}", listener.local_addr().expect("backend address"));
         let (shutdown, shutdown_signal) = oneshot::channel::<()>();
-        tokio::spawn(server::serve(listener, server::router(state), async {
-            let _ = shutdown_signal.await;
-        }));
+        tokio::spawn(server::serve(
+            listener,
+            server::router_with_ingest(state, ingest),
+            async {
+                let _ = shutdown_signal.await;
+            },
+        ));
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
