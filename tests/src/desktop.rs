@@ -1,7 +1,8 @@
 //! [`Desktop`]: a private desktop session for notification and browser
 //! tests: a D-Bus session bus on a socket in the test's folder, an Xvfb
 //! display, and dunst as the notification server, printing each
-//! notification it receives to its log.
+//! notification it receives to its log and keeping it on screen until it
+//! is closed, so a test can take a screenshot.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +14,49 @@ use crate::process::{Service, wait_for};
 
 /// How long each of the three programs may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// dunst's settings (dunst 1.9): a readable font and width for
+/// screenshots, and no timeout, so every notification stays on screen
+/// until it is closed.
+const DUNSTRC: &str = r##"[global]
+    width = 520
+    height = 300
+    origin = top-right
+    offset = 24x24
+    notification_limit = 0
+    font = DejaVu Sans 12
+    line_height = 2
+    padding = 14
+    horizontal_padding = 16
+    frame_width = 2
+    frame_color = "#8ea4c0"
+    gap_size = 10
+    separator_height = 0
+    markup = full
+    format = "<b>%s</b>\n%b"
+    alignment = left
+    ellipsize = end
+    icon_position = off
+    show_age_threshold = -1
+    stack_duplicates = false
+    sticky_history = yes
+
+[urgency_low]
+    background = "#2e3440"
+    foreground = "#eceff4"
+    timeout = 0
+
+[urgency_normal]
+    background = "#2e3440"
+    foreground = "#eceff4"
+    timeout = 0
+
+[urgency_critical]
+    background = "#5c1f1f"
+    foreground = "#ffffff"
+    frame_color = "#e06c6c"
+    timeout = 0
+"##;
 
 /// One notification as `dunst -print` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +93,9 @@ impl Desktop {
 
         // -displayfd makes Xvfb pick a free display and print its number.
         let mut xvfb = Command::new("Xvfb");
+        // -br gives a black root window, which screenshots trim away.
         xvfb.args([
+            "-br",
             "-nolisten",
             "tcp",
             "-screen",
@@ -65,8 +111,13 @@ impl Desktop {
         let home = dir.join("home");
         std::fs::create_dir_all(&home)
             .with_context(|| format!("failed to create {}", home.display()))?;
+        let dunstrc = dir.join("dunstrc");
+        std::fs::write(&dunstrc, DUNSTRC)
+            .with_context(|| format!("failed to write {}", dunstrc.display()))?;
         let mut dunst = Command::new("dunst");
         dunst
+            .arg("-config")
+            .arg(&dunstrc)
             .arg("-print")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -125,6 +176,45 @@ impl Desktop {
     /// Returns the notifications dunst printed so far, oldest first.
     pub fn notifications(&self) -> Vec<PrintedNotification> {
         parse_dunst_print(&self.dunst.log())
+    }
+
+    /// Closes every notification on screen (`dunstctl close-all`).
+    pub fn close_notifications(&self) -> Result<()> {
+        let output = Command::new("dunstctl")
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.bus_address)
+            .arg("close-all")
+            .output()
+            .context("failed to run dunstctl (apt package dunst)")?;
+        if !output.status.success() {
+            anyhow::bail!(
+                "dunstctl close-all failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Saves the part of the screen that is not black root window (the
+    /// notifications) as a PNG at `path`, using ImageMagick's `import`,
+    /// which `scripts/notification-screenshot.sh` installs.
+    pub fn screenshot(&self, path: &Path) -> Result<()> {
+        // Gives dunst time to draw the notification it has just printed.
+        std::thread::sleep(Duration::from_millis(500));
+        let output = Command::new("import")
+            .arg("-display")
+            .arg(&self.display)
+            .args(["-window", "root", "-trim", "+repage"])
+            .arg(path)
+            .output()
+            .context("failed to run import (apt package imagemagick)")?;
+        if !output.status.success() {
+            anyhow::bail!(
+                "import failed to save {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
     }
 }
 

@@ -2,6 +2,10 @@
 //! private D-Bus session bus and Xvfb display. Each threshold of each
 //! limit and period is announced once, across repeated checks and an agent
 //! restart, and the status page is opened in the browser with each notice.
+//!
+//! With `TOLLGATE_SCREENSHOT_DIR` set, `each_threshold_notified_once` saves
+//! a screenshot of the 90 % warning and the block notification there
+//! (`scripts/notification-screenshot.sh` sets it and installs ImageMagick).
 
 use std::time::Duration;
 
@@ -17,6 +21,12 @@ const NOTICE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long the test waits for duplicates that must not come.
 const QUIET_PERIOD: Duration = Duration::from_secs(2);
+
+/// The environment variable naming the folder for notification screenshots.
+const SCREENSHOT_DIR_ENV: &str = "TOLLGATE_SCREENSHOT_DIR";
+
+/// The screenshot's file name, as `docs/agent.md` references it.
+const SCREENSHOT_NAME: &str = "notification-warning-and-block.png";
 
 fn tollgate_notices(desktop: &Desktop) -> Vec<PrintedNotification> {
     desktop
@@ -84,6 +94,11 @@ fn each_threshold_notified_once() -> Result<()> {
         "{notices:?}"
     );
     assert!(notices[0].body.contains("resets"), "{notices:?}");
+    // The screenshot shows the 90 % warning and the block only.
+    let screenshot_dir = std::env::var_os(SCREENSHOT_DIR_ENV).map(std::path::PathBuf::from);
+    if screenshot_dir.is_some() {
+        desktop.close_notifications()?;
+    }
 
     stack
         .backend()
@@ -123,6 +138,9 @@ fn each_threshold_notified_once() -> Result<()> {
         "{notices:?}"
     );
     assert!(notices[2].body.contains("administrator"), "{notices:?}");
+    if let Some(dir) = &screenshot_dir {
+        desktop.screenshot(&dir.join(SCREENSHOT_NAME))?;
+    }
 
     // The status page opened with each notice, and only then.
     let pages = status_page_urls(&stack);
