@@ -1,19 +1,23 @@
-//! The re-check cadence long-running SDK clients really get: one boto3
+//! The re-check cadence that long-running SDK clients really get. One boto3
 //! session and one JavaScript SDK client call STS in a loop while the user
-//! is allowed, then blocked, then unblocked, and each `credential_process`
-//! run is recorded with its time and the `Expiration` it returned.
+//! is allowed, then blocked, then unblocked. Each `credential_process` run
+//! is recorded with its time and the `Expiration` it returned.
 //!
 //! The default re-check is 30 minutes and the `Expiration` floor 16, so the
 //! tests run on a libfaketime clock 60 times faster than real time. Each
-//! test re-runs this binary under `faketime`, skipping the test binary
-//! itself: the harness keeps real time for its own timeouts, while every
-//! process it starts (moto_server, the OIDC provider, `tollgate serve`, the
-//! SDK client, the shim and the agent the shim starts) shares one fake
-//! clock. All servers share it too, so STS and ID token lifetimes keep
-//! their length on that clock.
+//! test re-runs this binary under `faketime` with the monotonic clock left
+//! real, so the harness's timeouts keep real time. Every process it starts
+//! shares the fake wall clock: moto_server, the OIDC provider and
+//! `tollgate serve` (so STS and ID token lifetimes keep their length), and
+//! the SDK client, the shim and the agent, which get a fake monotonic
+//! clock too.
+//!
+//! NOTE: `FAKETIME_SKIP_CMDS` would keep the harness off the fake clock
+//! altogether, but with libfaketime 0.9.10 the skipped process's
+//! `clock_gettime` then fails in threads and Rust's std panics.
 //!
 //! The re-run test prints its measurements as `cadence:` lines, which the
-//! outer test repeats on stderr; run with `--no-capture` to see them.
+//! outer test repeats on stderr. Run with `--no-capture` to see them.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -53,6 +57,7 @@ fn on_fake_clock(name: &str, test: impl FnOnce() -> Result<()>) -> Result<()> {
     if std::env::var(INNER_ENV).as_deref() == Ok("1") {
         return test();
     }
+
     let exe = std::env::current_exe().context("failed to find the test binary")?;
     let mut command = Command::new("faketime");
     command
@@ -60,8 +65,7 @@ fn on_fake_clock(name: &str, test: impl FnOnce() -> Result<()>) -> Result<()> {
         .arg(&exe)
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(INNER_ENV, "1")
-        // The harness's timeouts (monotonic) keep real time; the SDK
-        // client, the shim and the agent get a fully fake clock below.
+        // The harness's timeouts use the monotonic clock, which stays real.
         .env(KEEP_MONOTONIC_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -70,6 +74,7 @@ fn on_fake_clock(name: &str, test: impl FnOnce() -> Result<()>) -> Result<()> {
         "failed to run faketime; install the Debian packages faketime and libfaketime \
          (scripts/install-deps.sh does)",
     )?;
+
     let output = wait_with_timeout(child, INNER_TIMEOUT)?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -79,7 +84,7 @@ fn on_fake_clock(name: &str, test: impl FnOnce() -> Result<()>) -> Result<()> {
             output.status
         );
     }
-    // The measurements, for the record in docs/agent.md.
+
     // libtest may print the test's name on the same line first.
     for line in stdout.lines() {
         if let Some(start) = line.find("cadence:") {
@@ -217,7 +222,7 @@ impl Client {
     }
 
     /// Waits (in real time) for the first call that satisfies `wanted`.
-    fn wait_for(&mut self, what: &str, wanted: impl Fn(&Call) -> bool) -> Result<Call> {
+    fn wait_for(&mut self, description: &str, wanted: impl Fn(&Call) -> bool) -> Result<Call> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -229,7 +234,7 @@ impl Client {
                     }
                 }
                 Err(_) => bail!(
-                    "no client call {what} within two real minutes; last calls: {:?}",
+                    "no client call {description} within two real minutes; last calls: {:?}",
                     self.seen.iter().rev().take(3).collect::<Vec<_>>()
                 ),
             }
@@ -319,28 +324,28 @@ struct Measured {
     /// How long before the `Expiration` it held the client ran the shim.
     lead_times: Vec<f64>,
     /// From the last shim run before the block (a quota check) to the
-    /// first refused call.
-    refusal_after_check: f64,
-    /// From the first refused call to the `Expiration` the client held.
-    refusal_before_expiration: f64,
+    /// first rejected call.
+    rejection_after_check: f64,
+    /// From the first rejected call to the `Expiration` the client held.
+    rejection_before_expiration: f64,
     /// From the unblock to the first call that succeeded again.
     recovery_after_unblock: f64,
 }
 
-/// Shim runs the client makes while allowed; the block comes right after
-/// the last of them, so the refusal shows the longest delay.
+/// The number of shim runs the client makes while allowed. The block comes
+/// right after the last of them, so the rejection shows the longest delay.
 const ALLOWED_RUNS: usize = 3;
 
-fn run_client(sdk: Sdk, login: &str) -> Result<Measured> {
+fn run_client(sdk: Sdk, login: &str, recheck_minutes: u32) -> Result<Measured> {
     let stack = Stack::builder().login(login).backend().profile(
         ProfileSpec::new("bedrock")
             .quota()
-            .quota_recheck_minutes(30)
+            .quota_recheck_minutes(recheck_minutes)
             .session_duration_minutes(60),
     );
-    // The stack's commands run with a cleared environment; carry the fake
-    // clock over to them, monotonic clock included, so that the client's
-    // pauses and the agent's timers run fast too.
+    // The stack's commands run with a cleared environment, so the fake
+    // clock is carried over to them. Their monotonic clock is fake too, so
+    // the client's pauses and the agent's timers run fast.
     let stack = std::env::vars()
         .filter(|(name, _)| name.starts_with("FAKETIME") || name == "LD_PRELOAD")
         .fold(stack, |stack, (name, value)| stack.env(&name, &value))
@@ -371,7 +376,7 @@ fn run_client(sdk: Sdk, login: &str) -> Result<Measured> {
         "a call failed while the user was allowed: {:?}",
         client.seen.iter().find(|call| !call.ok)
     );
-    let refused = client.wait_for("refused after the block", |call| !call.ok)?;
+    let rejected = client.wait_for("rejected after the block", |call| !call.ok)?;
 
     backend.admin_ok(&[
         "quota",
@@ -417,23 +422,23 @@ fn run_client(sdk: Sdk, login: &str) -> Result<Measured> {
             .map(|pair| (pair[1].t - pair[0].t) / MINUTE)
             .collect(),
         lead_times,
-        refusal_after_check: (refused.t - last_check.t) / MINUTE,
-        refusal_before_expiration: (held_expiration - refused.t) / MINUTE,
+        rejection_after_check: (rejected.t - last_check.t) / MINUTE,
+        rejection_before_expiration: (held_expiration - rejected.t) / MINUTE,
         recovery_after_unblock: (again.t - unblocked_at) / MINUTE,
     };
     println!(
         "cadence: {sdk:?}: shim runs while allowed every {gaps} min; runs before \
-         Expiration by {leads} min; first refusal {check:.1} min after the last \
+         Expiration by {leads} min; first rejection {check:.1} min after the last \
          check and {before:.1} min before the held Expiration; working again \
          {unblock:.1} min after the unblock; {count} shim runs, {calls} calls; \
-         refused with: {error}",
+         rejected with: {error}",
         gaps = minutes(&measured.allowed_gaps),
         leads = minutes(&measured.lead_times),
-        check = measured.refusal_after_check,
-        before = measured.refusal_before_expiration,
+        check = measured.rejection_after_check,
+        before = measured.rejection_before_expiration,
         unblock = measured.recovery_after_unblock,
         count = runs.len(),
-        error = refused.error,
+        error = rejected.error,
     );
     assert!(
         again.arn.ends_with(&format!("/{email}")),
@@ -451,13 +456,26 @@ fn minutes(values: &[f64]) -> String {
 /// loaded machine is one minute on the fake clock.
 const MARGIN: f64 = 3.0;
 
-/// The re-check interval of the tests' profile, in minutes.
-const RECHECK: f64 = 30.0;
+/// Returns the minutes from a quota check to the `Expiration` it reports
+/// while the STS credentials last longer: the re-check plus 15, at least 16.
+fn expiration_after_check(recheck_minutes: u32) -> f64 {
+    (f64::from(recheck_minutes) + 15.0).max(16.0)
+}
 
-/// The gap after a run that renewed STS credentials with fewer than 16
-/// minutes left: the agent checks again then, and the new credentials'
-/// Expiration is that check plus 45 minutes.
-const SHORT_GAP: f64 = 15.0;
+/// What a client is expected to do, in fake minutes.
+struct Expected {
+    /// The profile's `quota_recheck_minutes`.
+    recheck_minutes: u32,
+    /// The second gap between shim runs. With a 30-minute re-check, the
+    /// second run's `Expiration` is the STS expiry, 15 minutes after the
+    /// first run's, and the third run renews the STS credentials.
+    second_gap: f64,
+    /// How long before `Expiration` the client runs the shim.
+    refresh_lead: f64,
+    /// How long before `Expiration` the client's calls fail once the runs
+    /// fail.
+    rejection_lead: f64,
+}
 
 fn assert_between(what: &str, value: f64, low: f64, high: f64, measured: &Measured) {
     assert!(
@@ -466,15 +484,14 @@ fn assert_between(what: &str, value: f64, low: f64, high: f64, measured: &Measur
     );
 }
 
-fn assert_cadence(measured: &Measured, refresh_lead: f64, refusal_lead: f64) {
+fn assert_cadence(measured: &Measured, expected: &Expected) {
     assert_eq!(
         measured.allowed_gaps.len(),
         ALLOWED_RUNS - 1,
         "shim runs while allowed: {measured:?}"
     );
-    // The first gap is the client's refresh lead before the Expiration of
-    // the first check (re-check plus 15 minutes).
-    let first = RECHECK + 15.0 - refresh_lead;
+    let expiration = expiration_after_check(expected.recheck_minutes);
+    let first = expiration - expected.refresh_lead;
     assert_between(
         "the first gap",
         measured.allowed_gaps[0],
@@ -485,27 +502,26 @@ fn assert_cadence(measured: &Measured, refresh_lead: f64, refusal_lead: f64) {
     assert_between(
         "the second gap",
         measured.allowed_gaps[1],
-        SHORT_GAP - MARGIN,
-        SHORT_GAP + MARGIN,
+        expected.second_gap - MARGIN,
+        expected.second_gap + MARGIN,
         measured,
     );
-    let refusal = RECHECK + 15.0 - refusal_lead;
     assert_between(
-        "refusal after the last check",
-        measured.refusal_after_check,
+        "the rejection after the last check",
+        measured.rejection_after_check,
         0.0,
-        refusal + MARGIN,
+        expiration - expected.rejection_lead + MARGIN,
         measured,
     );
     assert_between(
-        "refusal before the held Expiration",
-        measured.refusal_before_expiration,
-        refusal_lead - MARGIN,
-        refusal_lead + MARGIN,
+        "the rejection before the held Expiration",
+        measured.rejection_before_expiration,
+        expected.rejection_lead - MARGIN,
+        expected.rejection_lead + MARGIN,
         measured,
     );
     assert_between(
-        "recovery after the unblock",
+        "the recovery after the unblock",
         measured.recovery_after_unblock,
         0.0,
         2.0,
@@ -513,26 +529,82 @@ fn assert_cadence(measured: &Measured, refresh_lead: f64, refusal_lead: f64) {
     );
 }
 
-/// botocore runs the shim 15 minutes before `Expiration` (its advisory
-/// window) but keeps its credentials when that run fails, and gives up
-/// only 10 minutes before `Expiration` (its mandatory window).
+/// botocore's windows as measured: it runs the shim 15 minutes before
+/// `Expiration` (advisory) and keeps its credentials when that run fails,
+/// and its calls fail 10 minutes before `Expiration` (mandatory).
+const BOTOCORE_REFRESH_LEAD: f64 = 15.0;
+const BOTOCORE_REJECTION_LEAD: f64 = 10.0;
+
+/// The JavaScript SDK's window as measured: it runs the shim 5 minutes
+/// before `Expiration` and keeps its credentials until `Expiration`.
+const JS_SDK_REFRESH_LEAD: f64 = 5.0;
+const JS_SDK_REJECTION_LEAD: f64 = 0.0;
+
 #[test]
-fn boto3_client_refused_within_cadence() -> Result<()> {
-    on_fake_clock("boto3_client_refused_within_cadence", || {
-        let measured = run_client(Sdk::Botocore, "cara")?;
-        assert_cadence(&measured, 15.0, 10.0);
+fn boto3_cadence_default_interval() -> Result<()> {
+    on_fake_clock("boto3_cadence_default_interval", || {
+        let measured = run_client(Sdk::Botocore, "cara", 30)?;
+        assert_cadence(
+            &measured,
+            &Expected {
+                recheck_minutes: 30,
+                second_gap: 15.0,
+                refresh_lead: BOTOCORE_REFRESH_LEAD,
+                rejection_lead: BOTOCORE_REJECTION_LEAD,
+            },
+        );
         Ok(())
     })
 }
 
-/// The JavaScript SDK runs the shim 5 minutes before `Expiration` and on
-/// every call after that, and keeps its credentials until `Expiration`
-/// when the runs fail.
 #[test]
-fn js_sdk_client_refused_within_cadence() -> Result<()> {
-    on_fake_clock("js_sdk_client_refused_within_cadence", || {
-        let measured = run_client(Sdk::JavaScript, "dov")?;
-        assert_cadence(&measured, 5.0, 0.0);
+fn js_sdk_cadence_default_interval() -> Result<()> {
+    on_fake_clock("js_sdk_cadence_default_interval", || {
+        let measured = run_client(Sdk::JavaScript, "dov", 30)?;
+        assert_cadence(
+            &measured,
+            &Expected {
+                recheck_minutes: 30,
+                second_gap: 15.0,
+                refresh_lead: JS_SDK_REFRESH_LEAD,
+                rejection_lead: JS_SDK_REJECTION_LEAD,
+            },
+        );
+        Ok(())
+    })
+}
+
+/// With a check on every shim run, the 16-minute floor sets the cadence.
+#[test]
+fn boto3_cadence_zero_interval() -> Result<()> {
+    on_fake_clock("boto3_cadence_zero_interval", || {
+        let measured = run_client(Sdk::Botocore, "emil", 0)?;
+        assert_cadence(
+            &measured,
+            &Expected {
+                recheck_minutes: 0,
+                second_gap: 16.0 - BOTOCORE_REFRESH_LEAD,
+                refresh_lead: BOTOCORE_REFRESH_LEAD,
+                rejection_lead: BOTOCORE_REJECTION_LEAD,
+            },
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn js_sdk_cadence_zero_interval() -> Result<()> {
+    on_fake_clock("js_sdk_cadence_zero_interval", || {
+        let measured = run_client(Sdk::JavaScript, "fenna", 0)?;
+        assert_cadence(
+            &measured,
+            &Expected {
+                recheck_minutes: 0,
+                second_gap: 16.0 - JS_SDK_REFRESH_LEAD,
+                refresh_lead: JS_SDK_REFRESH_LEAD,
+                rejection_lead: JS_SDK_REJECTION_LEAD,
+            },
+        );
         Ok(())
     })
 }
