@@ -9,6 +9,11 @@
 //! minutes after it. The reported time is computed from the last quota
 //! check, not from the request time, so repeated calls inside botocore's
 //! window get the same expiry instead of a nearer one each time.
+//!
+//! A failed run does not end a client's credentials at once. botocore keeps
+//! them until 10 minutes before the expiry, 5 minutes after the re-check.
+//! The JavaScript SDK keeps them until the expiry. `tests/tests/cadence.rs`
+//! measures both.
 
 use chrono::{DateTime, Duration, Utc};
 
