@@ -377,7 +377,9 @@ fn status(socket: &Path, profile: Option<String>, json: bool) -> anyhow::Result<
 /// command runs and replaces it with its own error once the command exits,
 /// even with a non-zero exit code. So after explaining a block or an error the command waits
 /// `hold` before it exits, ending no later than 5 s after the login
-/// timeout, inside Claude Code's 180-second limit at the defaults.
+/// timeout, inside Claude Code's 180-second limit at the defaults. The
+/// cost: a session that starts while blocked draws its interface only
+/// after the hold, and shows no box there.
 fn refresh(
     socket: &Path,
     profile: Option<String>,
