@@ -454,7 +454,7 @@ fn minutes(values: &[f64]) -> String {
 
 /// Fake minutes of slack in each bound: one real second of delay on a
 /// loaded machine is one minute on the fake clock.
-const MARGIN: f64 = 3.0;
+const MARGIN: f64 = 5.0;
 
 /// Returns the minutes from a quota check to the `Expiration` it reports
 /// while the STS credentials last longer: the re-check plus 15, at least 16.
