@@ -87,6 +87,7 @@ enum Command {
         timeout_seconds: u64,
         /// Seconds to keep running after explaining a block or an error, because an
         /// interactive Claude Code shows the command's output only while it runs.
+        /// No wait when stdout is a terminal.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=60))]
         hold_seconds: u64,
     },
@@ -422,8 +423,11 @@ fn refresh(
             for cause in &error.causes {
                 out!("  caused by: {cause}");
             }
-            let hold_until = (Instant::now() + hold).min(deadline + Duration::from_secs(5));
-            std::thread::sleep(hold_until.saturating_duration_since(Instant::now()));
+            // A person who runs the command in a terminal has read it already.
+            if !std::io::stdout().is_terminal() {
+                let hold_until = (Instant::now() + hold).min(deadline + Duration::from_secs(5));
+                std::thread::sleep(hold_until.saturating_duration_since(Instant::now()));
+            }
             Ok(ExitCode::FAILURE)
         }
         Some(other) => anyhow::bail!("the agent sent an unexpected response: {other:?}"),
