@@ -21,7 +21,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use prost::Message;
 use tollgate_backend::ingest::batch::{PointValue, UsageBatch, UsageGroup, UsagePoint};
 use tollgate_backend::ingest::writer::WriteError;
-use tollgate_backend::ingest::{IngestSettings, UsageWriter, WriterSettings};
+use tollgate_backend::ingest::{AlertSettings, IngestSettings, UsageWriter, WriterSettings};
 use tollgate_backend::store::Store;
 use tollgate_backend::store::sqlite::SqliteStore;
 
@@ -305,7 +305,7 @@ async fn full_point_budget_rejects_at_once() {
         queue_points: 10,
         ..WriterSettings::default()
     };
-    let writer = UsageWriter::start(store, settings);
+    let writer = UsageWriter::start(store, settings, AlertSettings::default());
     let blocker = rusqlite::Connection::open(&path).expect("the store file opens");
     blocker
         .execute_batch("BEGIN IMMEDIATE")
@@ -316,7 +316,11 @@ async fn full_point_budget_rejects_at_once() {
         let points = (first_serial..first_serial + 8)
             .map(|serial| usage_point(serial, now, 1))
             .collect();
-        tokio::spawn(async move { writer.record(batch("budget@example.com", points)).await })
+        tokio::spawn(async move {
+            writer
+                .record(batch("budget@example.com", points), None)
+                .await
+        })
     };
     // The stalled writer is in its first transaction, which has the first
     // batch or only a prune; either way one batch of 8 points then waits.
@@ -326,7 +330,9 @@ async fn full_point_budget_rejects_at_once() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let points = (16..24).map(|serial| usage_point(serial, now, 1)).collect();
     let started = Instant::now();
-    let third = writer.record(batch("budget@example.com", points)).await;
+    let third = writer
+        .record(batch("budget@example.com", points), None)
+        .await;
     assert!(
         matches!(third, Err(WriteError::QueueFull { .. })),
         "8 waiting points and 8 more exceed a budget of 10: {third:?}"
@@ -449,7 +455,7 @@ async fn pruning_keeps_exactly_once_inside_window() {
         prune_interval: Duration::from_millis(50),
         ..WriterSettings::default()
     };
-    let writer = UsageWriter::start(Arc::clone(&store), settings);
+    let writer = UsageWriter::start(Arc::clone(&store), settings, AlertSettings::default());
     let deadline = Instant::now() + Duration::from_secs(20);
     while identity_count(&path) > 1 {
         assert!(
@@ -465,7 +471,7 @@ async fn pruning_keeps_exactly_once_inside_window() {
     );
 
     let again = writer
-        .record(batch(user, vec![usage_point(9_999, inside, 40)]))
+        .record(batch(user, vec![usage_point(9_999, inside, 40)]), None)
         .await
         .expect("the re-delivery is recorded");
     assert_eq!(
@@ -474,7 +480,7 @@ async fn pruning_keeps_exactly_once_inside_window() {
     );
     assert_eq!(again.duplicates, 1);
     let fresh = writer
-        .record(batch(user, vec![usage_point(10_000, inside, 2)]))
+        .record(batch(user, vec![usage_point(10_000, inside, 2)]), None)
         .await
         .expect("the new point is recorded");
     assert_eq!(fresh.recorded, 1);

@@ -10,10 +10,10 @@
 //! nothing is recorded; `503` with `Retry-After` when the store is
 //! unavailable or the writer's queue is full, which OTLP exporters retry.
 //!
-//! Decoding, token validation and alert policy reads run on the request's
-//! task; the points go to the [`super::writer`], which records the
-//! batches of many requests in one transaction and answers each request
-//! after the commit.
+//! Token validation and decoding run on the request's task. The points go
+//! to the [`super::writer`], which resolves the alert policies of many
+//! requests with one store read, records their batches in one transaction
+//! and sends each request its outcome after the commit.
 
 use std::sync::Arc;
 
@@ -28,18 +28,14 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
 };
 use prost::Message;
-use tollgate_protocol::check::PolicyKind;
-use tollgate_quota::{DEFAULT_IDENTIFIER, resolve};
 
 use super::IngestSettings;
 use super::batch::UsageBatch;
 use super::decode::{Compression, DecodeError, Encoding, decode_body};
 use super::points::{Extracted, UnreadableMetric, extract};
-use super::writer::WriteError;
-use crate::alerts::AlertRule;
+use super::writer::{AlertCaller, WriteError};
 use crate::auth::{Authenticated, Caller};
 use crate::server::{AppState, error_chain};
-use crate::store::PolicyKey;
 
 /// Bodies up to this size are decoded on the request's task; larger ones
 /// on the blocking pool, so one large export does not stall other requests.
@@ -230,17 +226,19 @@ async fn ingest(
     let points = extracted.points;
     let point_count = points.len();
     if point_count > 0 {
-        let alerting = alert_rule(caller, state, settings, now)
-            .await
-            .map_err(|error| store_failure(&error, encoding))?;
         let batch = UsageBatch {
             user: user.clone(),
             points,
-            alerting,
+            alerting: None,
+        };
+        let alert_caller = AlertCaller {
+            identity: caller.identity.clone(),
+            groups: caller.groups.clone(),
+            now,
         };
         let outcome = settings
-            .writer(&state.store)
-            .record(batch)
+            .writer(&state.store, &state.counting)
+            .record(batch, Some(alert_caller))
             .await
             .map_err(|error| write_failure(&error, encoding))?;
         for alert in &outcome.alerts {
@@ -336,42 +334,4 @@ fn write_failure(error: &WriteError, encoding: Encoding) -> Failure {
         message,
         encoding,
     }
-}
-
-fn store_failure(error: &crate::store::StoreError, encoding: Encoding) -> Failure {
-    let message = error_chain(error);
-    tracing::error!("store failure while ingesting usage: {message}");
-    Failure {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        code: "store_unavailable",
-        message: format!("the quota store is unavailable ({message}); the export is retried"),
-        encoding,
-    }
-}
-
-/// Resolves the caller's policy, as the check does, for alert evaluation.
-async fn alert_rule(
-    caller: &Caller,
-    state: &AppState,
-    settings: &IngestSettings,
-    now: chrono::DateTime<Utc>,
-) -> Result<Option<AlertRule>, crate::store::StoreError> {
-    let user = caller.identity.as_str();
-    let mut keys = Vec::with_capacity(caller.groups.len() + 2);
-    keys.push(PolicyKey::new(PolicyKind::User, user));
-    keys.extend(
-        caller
-            .groups
-            .iter()
-            .map(|group| PolicyKey::new(PolicyKind::Group, group.clone())),
-    );
-    keys.push(PolicyKey::new(PolicyKind::Default, DEFAULT_IDENTIFIER));
-    let policies = state.store.policies(&keys).await?;
-    let resolution = resolve(&caller.identity, &caller.groups, &policies);
-    Ok(resolution.policy.map(|policy| AlertRule {
-        policy,
-        counting: state.counting.as_ref().clone(),
-        now,
-        queue_webhook: settings.alert_wake.is_some(),
-    }))
 }

@@ -32,7 +32,11 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::Notify;
 
 pub use points::TypeMapping;
-pub use writer::{DEFAULT_DEDUP_WINDOW_DAYS, UsageWriter, WriterSettings};
+pub use writer::{
+    AlertCaller, AlertSettings, DEFAULT_DEDUP_WINDOW_DAYS, UsageWriter, WriterSettings,
+};
+
+use tollgate_quota::CountingConfig;
 
 use crate::store::Store;
 
@@ -57,9 +61,14 @@ pub struct IngestSettings {
 
 impl IngestSettings {
     /// Returns the writer, starting it on the current runtime on first use.
-    pub fn writer(&self, store: &Arc<dyn Store>) -> &UsageWriter {
-        self.started
-            .get_or_init(|| UsageWriter::start(Arc::clone(store), self.writer.clone()))
+    pub fn writer(&self, store: &Arc<dyn Store>, counting: &CountingConfig) -> &UsageWriter {
+        self.started.get_or_init(|| {
+            let alerts = AlertSettings {
+                counting: counting.clone(),
+                queue_webhook: self.alert_wake.is_some(),
+            };
+            UsageWriter::start(Arc::clone(store), self.writer.clone(), alerts)
+        })
     }
 }
 

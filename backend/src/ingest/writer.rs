@@ -7,21 +7,26 @@
 //! commits, the next requests queue up and form the next group, so the
 //! cost of a commit is shared by every request that arrived meanwhile. A
 //! full queue rejects the request at once instead of growing without limit;
-//! the handler answers 503 with `Retry-After`, which OTLP exporters retry.
+//! the handler then returns 503 with `Retry-After`, which OTLP exporters retry.
 //!
-//! The writer also deletes expired point identities, a bounded number per
-//! transaction, so pruning never holds the write lock for long.
+//! The writer also resolves the alert policy of every request in a group
+//! with one store read, and deletes expired point identities, a bounded
+//! number per transaction, so pruning never holds the write lock for long.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
+use tollgate_protocol::check::PolicyKind;
+use tollgate_quota::{CountingConfig, DEFAULT_IDENTIFIER, Identity, resolve};
 
 use super::batch::{BatchOutcome, Prune, UsageBatch, UsageGroup};
+use crate::alerts::AlertRule;
 use crate::server::error_chain;
-use crate::store::Store;
+use crate::store::{PolicyKey, Store};
 
 /// The default de-duplication window: points that ended longer ago are
 /// rejected, and their identities are deleted.
@@ -89,9 +94,48 @@ pub enum WriteError {
     Store(String),
 }
 
+/// The caller whose policy decides a batch's alerts, resolved by the
+/// writer as the check resolves it.
+#[derive(Debug, Clone)]
+pub struct AlertCaller {
+    pub identity: Identity,
+    pub groups: Vec<String>,
+    /// The arrival time: alerts are raised for its UTC day and month only.
+    pub now: DateTime<Utc>,
+}
+
+impl AlertCaller {
+    /// Lists the keys of the policies that may apply: the user's, the
+    /// groups' and the default.
+    fn policy_keys(&self) -> impl Iterator<Item = PolicyKey> + '_ {
+        std::iter::once(PolicyKey::new(PolicyKind::User, self.identity.as_str()))
+            .chain(
+                self.groups
+                    .iter()
+                    .map(|group| PolicyKey::new(PolicyKind::Group, group.clone())),
+            )
+            .chain(std::iter::once(PolicyKey::new(
+                PolicyKind::Default,
+                DEFAULT_IDENTIFIER,
+            )))
+    }
+}
+
+/// Settings of the writer's alert evaluation.
+#[derive(Debug, Clone, Default)]
+pub struct AlertSettings {
+    /// The token types that count toward the limits, with their weights.
+    pub counting: CountingConfig,
+    /// Whether to queue each new alert for the webhook.
+    pub queue_webhook: bool,
+}
+
 /// One request's batch and the channel its outcome goes back on.
 struct Job {
     batch: UsageBatch,
+    /// The caller whose policy decides the batch's alerts; `None`
+    /// evaluates none.
+    alert_caller: Option<AlertCaller>,
     reply: oneshot::Sender<Result<BatchOutcome, WriteError>>,
     /// Released once the job leaves the queue.
     _points: OwnedSemaphorePermit,
@@ -117,12 +161,12 @@ impl std::fmt::Debug for UsageWriter {
 impl UsageWriter {
     /// Starts the writer task on the current Tokio runtime. The task ends
     /// when every clone of the returned writer is dropped.
-    pub fn start(store: Arc<dyn Store>, settings: WriterSettings) -> Self {
+    pub fn start(store: Arc<dyn Store>, settings: WriterSettings, alerts: AlertSettings) -> Self {
         let queue_requests = settings.queue_requests.max(1);
         let queue_points = settings.queue_points.clamp(1, Semaphore::MAX_PERMITS);
         let (sender, receiver) = mpsc::channel(queue_requests);
         let settings = Arc::new(settings);
-        tokio::spawn(run(store, Arc::clone(&settings), receiver));
+        tokio::spawn(run(store, Arc::clone(&settings), alerts, receiver));
         Self {
             sender,
             points: Arc::new(Semaphore::new(queue_points)),
@@ -130,9 +174,15 @@ impl UsageWriter {
         }
     }
 
-    /// Queues `batch` and waits until its group is committed. Returns
+    /// Queues `batch` and waits until its group is committed. With
+    /// `alert_caller`, the caller's policy is resolved in the writer and
+    /// the batch's alerts are evaluated in its transaction. Returns
     /// [`WriteError::QueueFull`] at once when the queue is full.
-    pub async fn record(&self, batch: UsageBatch) -> Result<BatchOutcome, WriteError> {
+    pub async fn record(
+        &self,
+        batch: UsageBatch,
+        alert_caller: Option<AlertCaller>,
+    ) -> Result<BatchOutcome, WriteError> {
         let queue_full = || WriteError::QueueFull {
             requests: self.settings.queue_requests,
             points: self.settings.queue_points,
@@ -150,6 +200,7 @@ impl UsageWriter {
         let (reply, outcome) = oneshot::channel();
         let job = Job {
             batch,
+            alert_caller,
             reply,
             _points: permit,
         };
@@ -166,6 +217,7 @@ impl UsageWriter {
 async fn run(
     store: Arc<dyn Store>,
     settings: Arc<WriterSettings>,
+    alerts: AlertSettings,
     mut receiver: mpsc::Receiver<Job>,
 ) {
     let mut next_prune = Instant::now();
@@ -197,6 +249,17 @@ async fn run(
             limit: settings.prune_batch.max(1),
         });
 
+        if let Err(error) = resolve_alert_rules(store.as_ref(), &alerts, &mut jobs).await {
+            let message = error_chain(&error);
+            tracing::error!(
+                requests = jobs.len(),
+                "reading the alert policies of a group of usage batches failed: {message}"
+            );
+            for job in jobs {
+                let _ = job.reply.send(Err(WriteError::Store(message.clone())));
+            }
+            continue;
+        }
         let mut replies = Vec::with_capacity(jobs.len());
         let mut batches = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -248,4 +311,37 @@ async fn run(
         }
     }
     tracing::debug!("the ingest writer stopped");
+}
+
+/// Resolves the alert rule of every job with an alert caller, reading the
+/// policies of all of them in one store call, as the check resolves them.
+async fn resolve_alert_rules(
+    store: &dyn Store,
+    alerts: &AlertSettings,
+    jobs: &mut [Job],
+) -> crate::store::StoreResult<()> {
+    let mut seen = HashSet::new();
+    let keys: Vec<PolicyKey> = jobs
+        .iter()
+        .filter_map(|job| job.alert_caller.as_ref())
+        .flat_map(AlertCaller::policy_keys)
+        .filter(|key| seen.insert(key.clone()))
+        .collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let policies = store.policies(&keys).await?;
+    for job in jobs {
+        let Some(caller) = job.alert_caller.take() else {
+            continue;
+        };
+        let resolution = resolve(&caller.identity, &caller.groups, &policies);
+        job.batch.alerting = resolution.policy.map(|policy| AlertRule {
+            policy,
+            counting: alerts.counting.clone(),
+            now: caller.now,
+            queue_webhook: alerts.queue_webhook,
+        });
+    }
+    Ok(())
 }
