@@ -128,7 +128,9 @@ struct RefreshState {
 /// response's `max_age` raised to [`MIN_REFRESH_INTERVAL`] and capped at
 /// `configured`, or `configured` when the response set no max-age.
 fn refresh_interval_for(max_age: Option<Duration>, configured: Duration) -> Duration {
-    max_age.map_or(configured, |age| age.max(MIN_REFRESH_INTERVAL).min(configured))
+    max_age.map_or(configured, |age| {
+        age.max(MIN_REFRESH_INTERVAL).min(configured)
+    })
 }
 
 /// Reports whether `since` is unset or at least `interval` ago.
@@ -579,10 +581,22 @@ mod tests {
         let five_minutes = Duration::from_secs(300);
         let cases = [
             (None, five_minutes, five_minutes),
-            (Some(Duration::from_secs(60)), five_minutes, Duration::from_secs(60)),
-            (Some(Duration::from_secs(86_400)), five_minutes, five_minutes),
+            (
+                Some(Duration::from_secs(60)),
+                five_minutes,
+                Duration::from_secs(60),
+            ),
+            (
+                Some(Duration::from_secs(86_400)),
+                five_minutes,
+                five_minutes,
+            ),
             (Some(Duration::ZERO), five_minutes, MIN_REFRESH_INTERVAL),
-            (Some(Duration::ZERO), Duration::from_secs(1), Duration::from_secs(1)),
+            (
+                Some(Duration::ZERO),
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+            ),
             (None, Duration::from_secs(1), Duration::from_secs(1)),
         ];
         for (max_age, configured, expected) in cases {
