@@ -184,7 +184,10 @@ async fn wait_for_port_file(path: &Path, child: &mut Child) -> String {
         if let Some(status) = child.try_wait().expect("the child status reads") {
             panic!("tollgate serve exited early with {status}");
         }
-        assert!(Instant::now() < deadline, "no port file within {DEADLINE:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no port file within {DEADLINE:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -213,12 +216,21 @@ async fn withdrawn_key_is_rejected_after_refresh() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let took = withdrawn_at.elapsed();
-    assert_eq!(status, 401, "a token of a withdrawn key is rejected: {body}");
+    assert_eq!(
+        status, 401,
+        "a token of a withdrawn key is rejected: {body}"
+    );
     assert_eq!(body["error"], "unknown_key", "{body}");
     let message = body["message"].as_str().expect("a message");
-    assert!(message.contains("rsa-withdrawn"), "names the key: {message}");
+    assert!(
+        message.contains("rsa-withdrawn"),
+        "names the key: {message}"
+    );
     assert!(message.contains("withdrawn"), "says why: {message}");
-    assert!(message.contains("log in again"), "says what to do: {message}");
+    assert!(
+        message.contains("log in again"),
+        "says what to do: {message}"
+    );
     // The issuer's max-age of one hour must not delay the refresh beyond
     // the configured second; the margin covers a loaded machine.
     assert!(
@@ -248,10 +260,16 @@ async fn failing_jwks_keeps_previous_keys() {
     issuer.failing.store(true, Ordering::SeqCst);
     issuer.wait_for_fetches(2).await;
     let (status, body) = server.check(&cached).await;
-    assert_eq!(status, 200, "a cached token passes while the JWKS fails: {body}");
+    assert_eq!(
+        status, 200,
+        "a cached token passes while the JWKS fails: {body}"
+    );
     let fresh = key.sign(&claims(&issuer.url, "bob@example.com"));
     let (status, body) = server.check(&fresh).await;
-    assert_eq!(status, 200, "a new token passes while the JWKS fails: {body}");
+    assert_eq!(
+        status, 200,
+        "a new token passes while the JWKS fails: {body}"
+    );
     let log = server.log();
     assert!(
         log.contains("cannot refresh the JWKS") && log.contains("HTTP 500"),

@@ -158,7 +158,10 @@ mod tests {
         let first = token_digest("0");
         assert!(cache.get(&first, 0, |_| true).is_some());
         cache.insert(token_digest("one more"), caller(), 10, 1);
-        assert!(cache.get(&first, 0, |_| true).is_none(), "emptied when full");
+        assert!(
+            cache.get(&first, 0, |_| true).is_none(),
+            "emptied when full"
+        );
         assert!(cache.get(&token_digest("one more"), 0, |_| true).is_some());
     }
 }

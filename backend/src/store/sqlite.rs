@@ -850,25 +850,26 @@ impl Store for SqliteStore {
             /// Preconditions failed on these keys; rolled back.
             Conflict(Vec<PolicyKey>),
         }
-        let outcome = self.run("applying policy changes", move |connection| {
-            let transaction =
-                connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // Preconditions are checked against the state before the batch,
-            // as DynamoDB evaluates the conditions of a transaction.
-            let mut changed = Vec::new();
-            for row in &rows {
-                if let Row::Expect(key, expected) = row
-                    && !policy_matches(&transaction, key, expected.as_ref())?
-                {
-                    changed.push(key.clone());
+        let outcome = self
+            .run("applying policy changes", move |connection| {
+                let transaction =
+                    connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                // Preconditions are checked against the state before the batch,
+                // as DynamoDB evaluates the conditions of a transaction.
+                let mut changed = Vec::new();
+                for row in &rows {
+                    if let Row::Expect(key, expected) = row
+                        && !policy_matches(&transaction, key, expected.as_ref())?
+                    {
+                        changed.push(key.clone());
+                    }
                 }
-            }
-            if !changed.is_empty() {
-                // Dropping the transaction rolls it back.
-                return Ok(Outcome::Conflict(changed));
-            }
-            for row in &rows {
-                match row {
+                if !changed.is_empty() {
+                    // Dropping the transaction rolls it back.
+                    return Ok(Outcome::Conflict(changed));
+                }
+                for row in &rows {
+                    match row {
                     Row::Expect(..) => 0,
                     Row::PutPolicy(kind, id, body) => transaction.execute(
                         "INSERT INTO policies (kind, id, body, updated_at) VALUES (?1, ?2, ?3, ?4)
@@ -897,24 +898,24 @@ impl Store for SqliteStore {
                     Row::DeleteUnblock(user) => transaction
                         .execute("DELETE FROM unblocks WHERE user = ?1", params![user])?,
                 };
-            }
-            for entry in &audit {
-                transaction.execute(
-                    "INSERT INTO audit_log (at, actor, action, target, detail)
+                }
+                for entry in &audit {
+                    transaction.execute(
+                        "INSERT INTO audit_log (at, actor, action, target, detail)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![
-                        timestamp(entry.at),
-                        entry.actor,
-                        entry.action,
-                        entry.target,
-                        entry.detail.to_string()
-                    ],
-                )?;
-            }
-            transaction.commit()?;
-            Ok(Outcome::Committed)
-        })
-        .await?;
+                        params![
+                            timestamp(entry.at),
+                            entry.actor,
+                            entry.action,
+                            entry.target,
+                            entry.detail.to_string()
+                        ],
+                    )?;
+                }
+                transaction.commit()?;
+                Ok(Outcome::Committed)
+            })
+            .await?;
         match outcome {
             Outcome::Committed => Ok(()),
             Outcome::Conflict(changed) => Err(StoreError::Conflict { changed }),
