@@ -313,6 +313,7 @@ async fn ingest_throughput() {
     run_http("protobuf, 4-point requests", 10_000, 4, false, 8).await;
     run_http("protobuf, 4-point requests", 20_000, 4, false, 32).await;
     run_http("JSON, 4-point requests", 10_000, 4, true, 32).await;
+    run_http("protobuf, 4-point requests", 60_000, 4, false, 128).await;
     store_throughput().await;
 }
 
