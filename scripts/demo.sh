@@ -296,8 +296,8 @@ heading "Exporting the demo user's token usage over OTLP"
 otel_headers="$("$bin/tollgate-credential-process" --profile demo --otel-headers)"
 otel_token="$(python3 -c 'import json, sys; print(json.load(sys.stdin)["Authorization"].split(" ", 1)[1])' <<<"$otel_headers")"
 note "otelHeadersHelper output: {\"Authorization\": \"Bearer <ID token of $user>\"}"
-"$venv_bin/python" backend/tests/otel_export.py --endpoint "$backend_url/v1/metrics" \
-  --token "$otel_token" --protocol protobuf --rounds 1 --fixed-value 3000 >/dev/null
+OTLP_BEARER_TOKEN="$otel_token" "$venv_bin/python" backend/tests/otel_export.py \
+  --endpoint "$backend_url/v1/metrics" --protocol protobuf --rounds 1 --fixed-value 3000 >/dev/null
 note "exported claude_code.token.usage: input, output, cacheRead, cacheCreation 3,000 each"
 
 heading "aws sts get-caller-identity --profile demo (over the daily limit)"

@@ -5,7 +5,9 @@ scripts/install-deps.sh. It records `claude_code.token.usage` on a counter
 as Claude Code does, with the attribute `type` (input, output, cacheRead,
 cacheCreation) and `model`. The real OTLP/HTTP exporter, protobuf or JSON,
 sends it with delta temporality and the bearer token in the Authorization
-header. Each round is one export request.
+header. The token comes from the OTLP_BEARER_TOKEN environment variable, so
+it never shows in the process list; `--token` is kept for tests that use
+throwaway tokens. Each round is one export request.
 
 It prints one JSON object: the tokens it recorded per "model/type", and
 the result of every export. It exits 1 when an export failed.
@@ -13,6 +15,7 @@ the result of every export. It exits 1 when an export failed.
 
 import argparse
 import json
+import os
 import random
 import sys
 
@@ -44,7 +47,11 @@ def exporter_class(protocol):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--endpoint", required=True, help="the /v1/metrics URL")
-    parser.add_argument("--token", required=True, help="the bearer ID token")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("OTLP_BEARER_TOKEN"),
+        help="the bearer ID token (default: $OTLP_BEARER_TOKEN)",
+    )
     parser.add_argument("--protocol", default="protobuf", help="protobuf or json")
     parser.add_argument("--rounds", type=int, default=3, help="export requests")
     parser.add_argument("--seed", type=int, default=1, help="seed of the values")
@@ -67,6 +74,8 @@ def main():
         help="record this value for every type and model instead of random ones",
     )
     args = parser.parse_args()
+    if not args.token:
+        parser.error("no bearer token: set OTLP_BEARER_TOKEN or pass --token")
 
     exporter = exporter_class(args.protocol)(
         endpoint=args.endpoint,

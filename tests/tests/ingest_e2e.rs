@@ -19,7 +19,8 @@ fn export_usage(stack: &Stack, token: &str, args: &[&str]) -> Result<RunOutput> 
     let mut command = stack.command(venv_program("python")?);
     command
         .arg(workspace_root().join("backend/tests/otel_export.py"))
-        .args(["--endpoint", &endpoint, "--token", token])
+        .args(["--endpoint", &endpoint])
+        .env("OTLP_BEARER_TOKEN", token)
         .args(args);
     stack.run(command, "otel-export")
 }
