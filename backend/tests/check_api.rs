@@ -487,7 +487,7 @@ async fn counted_types_setting_is_applied() {
 }
 
 #[tokio::test]
-async fn health_warns_without_policies() {
+async fn health_warns_without_enabled_default() {
     let key = SigningKey::rsa("rsa-1");
     let issuer = TestIssuer::start(&[&key]).await;
     let backend = Backend::start(&issuer.url).await;
@@ -512,18 +512,31 @@ async fn health_warns_without_policies() {
         "{health}"
     );
 
-    backend
-        .put_policy(&Policy::recommended_default(Utc::now()))
-        .await;
-    let health: Value = backend
-        .http
-        .get(format!("{}/health", backend.url))
-        .send()
-        .await
-        .expect("answered")
-        .json()
-        .await
-        .expect("JSON body");
+    let user_policy =
+        Policy::new(PolicyKind::User, "alice@example.com", 1_000, Utc::now()).expect("valid");
+    backend.put_policy(&user_policy).await;
+    let health = backend.health().await;
     assert_eq!(health["policies"], 1);
+    let warning = health["warning"].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("no enabled default policy exists"),
+        "{health}"
+    );
+
+    let mut default = Policy::recommended_default(Utc::now());
+    default.enabled = false;
+    backend.put_policy(&default).await;
+    let health = backend.health().await;
+    assert_eq!(health["policies"], 2);
+    let warning = health["warning"].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("no enabled default policy exists"),
+        "{health}"
+    );
+
+    default.enabled = true;
+    backend.put_policy(&default).await;
+    let health = backend.health().await;
+    assert_eq!(health["policies"], 2);
     assert!(health.get("warning").is_none(), "{health}");
 }

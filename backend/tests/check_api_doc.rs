@@ -382,3 +382,18 @@ fn doc_lists_every_error_code() {
         );
     }
 }
+
+#[tokio::test]
+async fn health_matches_doc_example() {
+    let key = SigningKey::rsa("rsa-1");
+    let issuer = TestIssuer::start(&[&key]).await;
+    let backend = Backend::start(&issuer.url).await;
+    let user_policy = Policy::new(PolicyKind::User, "alice@example.com", 1_000, Utc::now())
+        .expect("a valid policy");
+    backend.put_policy(&user_policy).await;
+
+    let body = backend.health().await;
+    let doc = std::fs::read_to_string(doc_path()).expect("docs/check-api.md is readable");
+    let example = doc_block(&doc, "<!-- example health: user policy only -->");
+    assert_eq!(body, example, "docs/check-api.md shows a different health body");
+}

@@ -2,7 +2,8 @@
 //! graceful shutdown.
 //!
 //! Routes:
-//! - `GET /health`: store status and a warning when no policy exists.
+//! - `GET /health`: store status and a warning when some users are not
+//!   limited (no policy, or no enabled default policy).
 //! - `GET /v1/check`: the quota decision for the bearer token's user.
 //! - `POST /v1/metrics`: OTLP/HTTP usage ingest ([`crate::ingest`]).
 
@@ -29,7 +30,7 @@ use crate::store::Store;
 
 pub use error::ApiError;
 pub(crate) use error::error_chain;
-pub use health::NO_POLICY_WARNING;
+pub use health::{NO_DEFAULT_WARNING, NO_POLICY_WARNING, coverage_warning};
 
 /// The state shared by every handler.
 #[derive(Clone)]

@@ -458,6 +458,18 @@ impl Backend {
         )
     }
 
+    /// Calls `GET /health` and returns the JSON body.
+    pub async fn health(&self) -> Value {
+        self.http
+            .get(format!("{}/health", self.url))
+            .send()
+            .await
+            .expect("the health request is answered")
+            .json()
+            .await
+            .expect("the health body is JSON")
+    }
+
     /// Stores a policy directly.
     pub async fn put_policy(&self, policy: &Policy) {
         self.store
