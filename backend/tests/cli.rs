@@ -16,6 +16,7 @@ impl Fixture {
     fn new() -> Self {
         let folder = tempfile::tempdir().expect("a temporary folder");
         let db = folder.path().join("state").join("tollgate.db");
+        std::fs::create_dir(folder.path().join("state")).expect("the store folder");
         Self { folder, db }
     }
 
@@ -681,9 +682,11 @@ fn bad_value_creates_no_store() {
             !fixture.db.exists(),
             "{args:?}: a rejected command creates no store file"
         );
-        assert!(
-            !fixture.db.parent().expect("a parent").exists(),
-            "{args:?}: nor its folder"
+        let folder = fixture.db.parent().expect("a parent");
+        assert_eq!(
+            std::fs::read_dir(folder).expect("readable").count(),
+            0,
+            "{args:?}: nor any other file in its folder"
         );
     }
 }
@@ -708,6 +711,46 @@ fn unusable_store_exits_2() {
             "{args:?}: the message names the file: {}",
             output.stderr
         );
+    }
+}
+
+#[test]
+fn explicit_store_folder_must_exist() {
+    let fixture = Fixture::new();
+    let missing = fixture.folder.path().join("nonexist").join("dir");
+    let db = missing.join("x.db");
+    let db_text = db.to_str().expect("UTF-8 path");
+    let write_commands: [&[&str]; 4] = [
+        &["quota", "set-default", "--monthly-limit", "1M"],
+        &["quota", "set-group", "eng", "--monthly-limit", "1M"],
+        &["usage", "record", "ann@example.com", "--tokens", "5"],
+        &["quota", "unblock", "ann@example.com", "--reason", "test"],
+    ];
+    for args in write_commands {
+        let mut with_flag: Vec<&str> = args.to_vec();
+        with_flag.extend(["--db", db_text]);
+        let flag_output = fixture.run(&with_flag);
+        let env_output = run_command(fixture.tollgate().env("TOLLGATE_DB", &db).args(args));
+        for output in [flag_output, env_output] {
+            assert_eq!(output.code, Some(1), "{args:?}: {output:?}");
+            assert!(
+                output.stderr.contains(&format!(
+                    "the folder {} of the store file {db_text} does not exist",
+                    missing.display()
+                )),
+                "{args:?} names the folder: {}",
+                output.stderr
+            );
+            assert!(
+                output.stderr.contains("check --db or TOLLGATE_DB"),
+                "{args:?} gives the fix: {}",
+                output.stderr
+            );
+            assert!(
+                !missing.parent().expect("a parent").exists(),
+                "{args:?} creates no folder"
+            );
+        }
     }
 }
 
@@ -1305,6 +1348,118 @@ fn import_is_all_or_nothing() {
     assert!(output.stderr.contains("line 6:"), "{}", output.stderr);
     assert!(output.stderr.contains("\"color\""), "{}", output.stderr);
     assert_eq!(fixture.snapshot(), before, "nothing changed");
+}
+
+#[test]
+fn import_rejects_duplicated_names() {
+    let fixture = Fixture::new();
+    seed(&fixture);
+    let before = fixture.snapshot();
+
+    let file = fixture.file(
+        "duplicated.csv",
+        "kind,identifier,monthly_limit,monthly_limit\ngroup,ops,5M,7M\n",
+    );
+    let output = fixture.run(&["quota", "import", file.to_str().expect("UTF-8")]);
+    assert_eq!(output.code, Some(1), "{output:?}");
+    assert!(
+        output.stderr.contains("line 1:"),
+        "names the header line: {}",
+        output.stderr
+    );
+    assert!(
+        output.stderr.contains("\"monthly_limit\" appears more than once"),
+        "names the column: {}",
+        output.stderr
+    );
+    assert!(
+        output.stderr.contains("keep one monthly_limit column"),
+        "says the fix: {}",
+        output.stderr
+    );
+    assert_eq!(fixture.snapshot(), before, "nothing changed");
+
+    let file = fixture.file(
+        "duplicated.json",
+        r#"[
+  {"kind": "group", "identifier": "ops", "monthly_limit": "5M"},
+  {"kind": "group", "identifier": "qa",
+   "monthly_limit": "5M",
+   "monthly_limit": "7M"}
+]
+"#,
+    );
+    let output = fixture.run(&["quota", "import", file.to_str().expect("UTF-8")]);
+    assert_eq!(output.code, Some(1), "{output:?}");
+    assert!(
+        output.stderr.contains("line 5:"),
+        "names the line of the second key: {}",
+        output.stderr
+    );
+    assert!(
+        output.stderr.contains("\"monthly_limit\" appears more than once"),
+        "names the key: {}",
+        output.stderr
+    );
+    assert!(
+        output.stderr.contains("keep one \"monthly_limit\" field"),
+        "says the fix: {}",
+        output.stderr
+    );
+    assert_eq!(fixture.snapshot(), before, "nothing changed");
+}
+
+#[test]
+fn import_reads_enabled_values() {
+    let fixture = Fixture::new();
+    let file = fixture.file(
+        "enabled.csv",
+        "kind,identifier,monthly_limit,enabled\n\
+         group,a,1M,true\n\
+         group,b,1M,YES\n\
+         group,c,1M,1\n\
+         group,d,1M,false\n\
+         group,e,1M,No\n\
+         group,f,1M,0\n\
+         group,g,1M,\n",
+    );
+    fixture.ok(&["quota", "import", file.to_str().expect("UTF-8")]);
+    let policies = fixture.list_json();
+    let enabled: Vec<(&str, bool)> = policies
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|policy| {
+            (
+                policy["identifier"].as_str().expect("an identifier"),
+                policy["enabled"].as_bool().expect("a flag"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        enabled,
+        [
+            ("a", true),
+            ("b", true),
+            ("c", true),
+            ("d", false),
+            ("e", false),
+            ("f", false),
+            ("g", true)
+        ]
+    );
+
+    let file = fixture.file(
+        "enabled-bad.csv",
+        "kind,identifier,monthly_limit,enabled\ngroup,h,1M,2\n",
+    );
+    let output = fixture.run(&["quota", "import", file.to_str().expect("UTF-8")]);
+    assert_eq!(output.code, Some(1), "{output:?}");
+    assert!(
+        output.stderr.contains("use true, yes or 1, or false, no or 0"),
+        "lists the accepted values: {}",
+        output.stderr
+    );
 }
 
 #[test]

@@ -83,6 +83,35 @@ impl StoreArgs {
             }),
         }
     }
+
+    /// Returns the store file a write command opens, which
+    /// [`SqliteStore::open`](crate::store::sqlite::SqliteStore::open)
+    /// creates when missing. Only the default location gets its folders
+    /// created: the folder of an explicit `--db` or `TOLLGATE_DB` must
+    /// exist, so a mistyped path fails instead of creating folders.
+    pub fn writable_path(&self) -> anyhow::Result<PathBuf> {
+        let path = self.path()?;
+        if self.db.is_none() {
+            return Ok(path);
+        }
+        let Some(folder) = path
+            .parent()
+            .filter(|folder| !folder.as_os_str().is_empty())
+        else {
+            return Ok(path);
+        };
+        // A file in the folder's place is reported when the store opens.
+        if folder.exists() {
+            return Ok(path);
+        }
+        Err(user_error(format!(
+            "the folder {} of the store file {} does not exist; check --db or TOLLGATE_DB, or \
+             create the folder first (mkdir -p {})",
+            folder.display(),
+            path.display(),
+            folder.display()
+        )))
+    }
 }
 
 /// The deployment settings that the admin commands share with `tollgate

@@ -169,7 +169,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // migrated and the issuer contacted.
     let listener = bind_listener(args.listen).await?;
 
-    let db_path = args.store.path()?;
+    let db_path = args.store.writable_path()?;
     let store = open_store_file(&db_path)?;
     tracing::info!(path = %db_path.display(), "opened the SQLite store");
 

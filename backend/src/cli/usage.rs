@@ -71,7 +71,7 @@ pub async fn run(command: UsageCommand) -> anyhow::Result<()> {
         .map_err(user_error)?
         .to_string();
     let at = at.unwrap_or_else(Utc::now);
-    let store = SqliteStore::open(&store.path()?)?;
+    let store = SqliteStore::open(&store.writable_path()?)?;
 
     // The store saturates a counter at i64::MAX instead of failing, so
     // reject a correction that would pass it while the admin can still

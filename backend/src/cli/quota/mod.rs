@@ -21,7 +21,6 @@ use tollgate_quota::policy::{enforcement_name, normalize_identifier, policy_kind
 use tollgate_quota::{DEFAULT_IDENTIFIER, Policy, format_amount, parse_policy_kind};
 
 use super::{DeploymentArgs, StoreArgs, identity, output, table, user_error};
-use crate::server::NO_POLICY_WARNING;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{AuditEntry, PolicyChange, PolicyKey, Store, StoreError};
 
@@ -122,7 +121,7 @@ pub async fn run(command: QuotaCommand) -> anyhow::Result<()> {
 
 /// Opens the store file named by `--db`, `TOLLGATE_DB` or the default.
 pub(super) fn open_store(args: &StoreArgs) -> anyhow::Result<(SqliteStore, PathBuf)> {
-    let path = args.path()?;
+    let path = args.writable_path()?;
     let store = SqliteStore::open(&path)?;
     Ok((store, path))
 }
@@ -172,7 +171,7 @@ async fn set_policy(
     let identifier =
         normalize_identifier(kind, identifier).map_err(|error| user_error(error.to_string()))?;
     let key = PolicyKey::new(kind, identifier.clone());
-    let path = store_args.path()?;
+    let path = store_args.writable_path()?;
     // Settings that fail on their own, such as --burst without
     // --auto-daily, are reported before the store file is created.
     if !path.exists() {
@@ -245,19 +244,12 @@ async fn list(
 }
 
 /// Returns the warning to show when some users are not limited: no policy
-/// at all, or no enabled default policy.
+/// at all, or no enabled default policy. `GET /health` shows the same one.
 pub(super) fn coverage_warning(policies: &[Policy]) -> Option<String> {
-    if policies.is_empty() {
-        return Some(NO_POLICY_WARNING.to_owned());
-    }
-    let default_enabled = policies
+    let default = policies
         .iter()
-        .any(|policy| policy.kind == PolicyKind::Default && policy.enabled);
-    (!default_enabled).then(|| {
-        "no enabled default policy exists, so users without an enabled user or group policy \
-         are not limited; create one with `tollgate quota set-default --monthly-limit 225M`"
-            .to_owned()
-    })
+        .find(|policy| policy.kind == PolicyKind::Default);
+    crate::server::coverage_warning(policies.len() as u64, default).map(str::to_owned)
 }
 
 /// Renders policies as an aligned table.

@@ -320,11 +320,22 @@ fn read_json_rows(text: &str) -> Result<ReadRows, Vec<RowError>> {
     for item in items {
         // The raw value borrows from `text`, so its address gives its offset.
         let line = line_at(text, item.get().as_ptr() as usize - base);
-        match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(item.get()) {
-            Ok(object) => {
-                let unknown: Vec<&String> = object
-                    .keys()
-                    .filter(|name| !COLUMNS.contains(&name.as_str()))
+        match serde_json::from_str::<ObjectEntries>(item.get()) {
+            Ok(ObjectEntries { entries, duplicate }) => {
+                if let Some((name, value)) = duplicate {
+                    errors.push(RowError {
+                        line: line_at(text, value.get().as_ptr() as usize - base),
+                        message: format!(
+                            "the field {name:?} appears more than once in this policy; keep \
+                             one {name:?} field"
+                        ),
+                    });
+                    continue;
+                }
+                let unknown: Vec<&str> = entries
+                    .iter()
+                    .map(|(name, _)| name.as_str())
+                    .filter(|name| !COLUMNS.contains(name))
                     .collect();
                 if !unknown.is_empty() {
                     errors.push(RowError {
@@ -342,7 +353,9 @@ fn read_json_rows(text: &str) -> Result<ReadRows, Vec<RowError>> {
                     continue;
                 }
                 let mut fields = HashMap::new();
-                for (name, value) in object {
+                for (name, raw) in entries {
+                    let value: serde_json::Value = serde_json::from_str(raw.get())
+                        .expect("a value the JSON parser accepted parses again");
                     let text = match value {
                         serde_json::Value::Null => String::new(),
                         serde_json::Value::String(text) => text,
@@ -371,6 +384,46 @@ fn read_json_rows(text: &str) -> Result<ReadRows, Vec<RowError>> {
     Ok((rows, errors))
 }
 
+/// The fields of one JSON policy object in file order, and the first field
+/// that appears twice. `serde_json` keeps only the last value of a
+/// duplicated key, so the object is read entry by entry to catch it.
+struct ObjectEntries<'a> {
+    entries: Vec<(String, &'a RawValue)>,
+    duplicate: Option<(String, &'a RawValue)>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ObjectEntries<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntriesVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for EntriesVisitor {
+            type Value = ObjectEntries<'de>;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut entries: Vec<(String, &'de RawValue)> = Vec::new();
+                let mut duplicate = None;
+                while let Some((name, value)) = map.next_entry::<String, &'de RawValue>()? {
+                    if entries.iter().any(|(seen, _)| *seen == name) {
+                        duplicate.get_or_insert((name, value));
+                    } else {
+                        entries.push((name, value));
+                    }
+                }
+                Ok(ObjectEntries { entries, duplicate })
+            }
+        }
+
+        deserializer.deserialize_map(EntriesVisitor)
+    }
+}
+
 fn read_csv_rows(text: &str) -> Result<ReadRows, Vec<RowError>> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
@@ -385,7 +438,21 @@ fn read_csv_rows(text: &str) -> Result<ReadRows, Vec<RowError>> {
         }
     };
     let mut errors = Vec::new();
-    for name in &header {
+    for (index, name) in header.iter().enumerate() {
+        let first = header.iter().position(|column| column == name);
+        if first != Some(index) {
+            // Report each duplicated column once, at its second appearance.
+            if header[..index].iter().filter(|column| *column == name).count() == 1 {
+                errors.push(RowError {
+                    line: 1,
+                    message: format!(
+                        "the column {name:?} appears more than once in the header; keep one \
+                         {name} column"
+                    ),
+                });
+            }
+            continue;
+        }
         if !COLUMNS.contains(&name.as_str()) {
             errors.push(RowError {
                 line: 1,
@@ -536,11 +603,11 @@ fn policy_of(
             .ok(),
     };
     let enabled = match field("enabled").map(str::to_ascii_lowercase).as_deref() {
-        None | Some("") | Some("true") | Some("yes") => Some(true),
-        Some("false") | Some("no") => Some(false),
+        None | Some("") | Some("true") | Some("yes") | Some("1") => Some(true),
+        Some("false") | Some("no") | Some("0") => Some(false),
         Some(other) => {
             problems.push(format!(
-                "enabled: invalid value {other:?}; use true or false"
+                "enabled: invalid value {other:?}; use true, yes or 1, or false, no or 0"
             ));
             None
         }
