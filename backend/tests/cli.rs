@@ -715,6 +715,78 @@ fn unusable_store_exits_2() {
 }
 
 #[test]
+fn group_names_are_validated() {
+    let fixture = Fixture::new();
+    seed(&fixture);
+    let before = fixture.snapshot();
+    let too_long = "g".repeat(2000);
+    let cases: [(&str, &str); 6] = [
+        ("line\nbreak", "control character"),
+        ("tab\there", "control character"),
+        (&too_long, "longer than 256 bytes"),
+        ("a,b", "contains a comma"),
+        ("=HYPERLINK(\"http://x\",\"y\")", "spreadsheets run a cell"),
+        ("   ", "it is empty"),
+    ];
+    for (name, phrase) in cases {
+        let output = fixture.run(&["quota", "set-group", name, "--monthly-limit", "1M"]);
+        assert_eq!(output.code, Some(1), "{name:?}: {output:?}");
+        assert!(
+            output.stderr.contains(phrase),
+            "{name:?} gives the reason: {}",
+            output.stderr
+        );
+    }
+    for prefix in ["+", "-", "@"] {
+        let name = format!("{prefix}admins");
+        let output = fixture.run(&["quota", "set-group", "--monthly-limit", "1M", "--", &name]);
+        assert_eq!(output.code, Some(1), "{name:?}: {output:?}");
+        assert!(
+            output.stderr.contains("as a formula"),
+            "{name:?} says why: {}",
+            output.stderr
+        );
+    }
+    assert_eq!(fixture.snapshot(), before, "nothing changed");
+
+    let file = fixture.file(
+        "groups.csv",
+        "kind,identifier,monthly_limit\n\
+         group,ok-group,1M\n\
+         group,\"=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\",1M\n\
+         group,\"a,b\",1M\n",
+    );
+    let output = fixture.run(&["quota", "import", file.to_str().expect("UTF-8")]);
+    assert_eq!(output.code, Some(1), "{output:?}");
+    assert!(
+        output.stderr.contains("line 3: invalid group name"),
+        "{}",
+        output.stderr
+    );
+    assert!(
+        output.stderr.contains("line 4: invalid group name"),
+        "{}",
+        output.stderr
+    );
+    assert_eq!(fixture.snapshot(), before, "nothing changed");
+
+    for name in [
+        "eng-platform",
+        "Engineering Platform",
+        "ai:admins",
+        "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+    ] {
+        fixture.ok(&["quota", "set-group", name, "--monthly-limit", "1M"]);
+        let output = fixture.ok(&["quota", "show", "ann@example.com", "--groups", name]);
+        assert!(
+            output.stdout.contains(name),
+            "show --groups finds {name:?}: {}",
+            output.stdout
+        );
+    }
+}
+
+#[test]
 fn explicit_store_folder_must_exist() {
     let fixture = Fixture::new();
     let missing = fixture.folder.path().join("nonexist").join("dir");

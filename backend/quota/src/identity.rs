@@ -234,8 +234,11 @@ pub fn parse_group_claim(text: &str) -> Result<Vec<String>, GroupClaimError> {
     Ok(clean_group_names(names))
 }
 
-/// Trims group names, drops empty ones and removes duplicates, keeping the
-/// first occurrence. Use it on a claim that arrived as a JSON list.
+/// Trims group names, drops empty and invalid ones
+/// ([`crate::validate_group_name`]) and removes duplicates, keeping the
+/// first occurrence. Use it on a claim that arrived as a JSON list. An
+/// invalid name cannot name a new group policy, so a token that carries
+/// one keeps its other groups and is not rejected.
 pub fn clean_group_names<I, S>(names: I) -> Vec<String>
 where
     I: IntoIterator<Item = S>,
@@ -244,7 +247,9 @@ where
     let mut cleaned: Vec<String> = Vec::new();
     for name in names {
         let name = name.as_ref().trim();
-        if !name.is_empty() && !cleaned.iter().any(|seen| seen == name) {
+        if crate::policy::validate_group_name(name).is_ok()
+            && !cleaned.iter().any(|seen| seen == name)
+        {
             cleaned.push(name.to_owned());
         }
     }

@@ -59,8 +59,9 @@ pub use identity::{
 };
 pub use period::{Period, day_key, month_key, next_day_start, next_month_start};
 pub use policy::{
-    BurstPercent, DEFAULT_IDENTIFIER, Policy, PolicyError, WarningThresholds, derive_daily_limit,
-    parse_enforcement, parse_policy_kind,
+    BurstPercent, DEFAULT_IDENTIFIER, GroupNameProblem, MAX_GROUP_NAME_BYTES, Policy, PolicyError,
+    WarningThresholds, derive_daily_limit, parse_enforcement, parse_policy_kind,
+    validate_group_name,
 };
 pub use resolve::{Candidate, Explanation, Resolution, Rule, resolve};
 pub use unblock::{MAX_UNBLOCK_HOURS, UnblockDuration, UnblockError, UnblockGrant};

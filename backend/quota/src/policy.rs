@@ -14,6 +14,9 @@ use crate::identity::normalize_identity;
 /// The identifier of the one default policy.
 pub const DEFAULT_IDENTIFIER: &str = "default";
 
+/// The maximum length of a group name in bytes.
+pub const MAX_GROUP_NAME_BYTES: usize = 256;
+
 /// The monthly limit of the recommended default policy, 225M tokens.
 pub const RECOMMENDED_MONTHLY_LIMIT: u64 = 225_000_000;
 
@@ -197,6 +200,51 @@ pub fn normalize_identifier(kind: PolicyKind, identifier: &str) -> Result<String
     }
 }
 
+/// Checks a trimmed group name for a new policy: non-empty, at most
+/// [`MAX_GROUP_NAME_BYTES`] long, without control characters or commas,
+/// and not starting with `=`, `+`, `-` or `@`. Names identity providers
+/// use, such as `eng-platform`, `Engineering Platform`, `ai:admins` or a
+/// GUID, pass. Stored policies are not re-checked, so a policy created
+/// before these rules still loads.
+pub fn validate_group_name(name: &str) -> Result<(), PolicyError> {
+    let problem = if name.is_empty() {
+        return Err(PolicyError::EmptyGroupName);
+    } else if let Some(first) = name.chars().next().filter(|c| "=+-@".contains(*c)) {
+        GroupNameProblem::FormulaPrefix(first)
+    } else if name.chars().any(char::is_control) {
+        GroupNameProblem::ControlCharacter
+    } else if name.contains(',') {
+        GroupNameProblem::Comma
+    } else if name.len() > MAX_GROUP_NAME_BYTES {
+        GroupNameProblem::TooLong
+    } else {
+        return Ok(());
+    };
+    Err(PolicyError::InvalidGroupName {
+        name: name.to_owned(),
+        problem,
+    })
+}
+
+/// The reason a group name is invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupNameProblem {
+    #[error("it contains a control character such as a newline or a tab")]
+    ControlCharacter,
+    #[error(
+        "it contains a comma, which separates names in --groups and in comma-separated group claims"
+    )]
+    Comma,
+    #[error("it is longer than 256 bytes")]
+    TooLong,
+    #[error(
+        "it starts with {0:?}, and spreadsheets run a cell starting with =, +, - or @ as a \
+         formula when they open the CSV export"
+    )]
+    FormulaPrefix(char),
+}
+
 /// Parses a policy kind: `user`, `group` or `default`.
 pub fn parse_policy_kind(text: &str) -> Result<PolicyKind, PolicyError> {
     match text.trim().to_ascii_lowercase().as_str() {
@@ -250,6 +298,14 @@ pub enum PolicyError {
         "invalid default policy identifier {0:?}; the default policy's identifier is always \"default\""
     )]
     DefaultIdentifier(String),
+    #[error(
+        "invalid group name {name:?}: {problem}; use the group name as the identity provider \
+         sends it, such as eng-platform or Engineering Platform"
+    )]
+    InvalidGroupName {
+        name: String,
+        problem: GroupNameProblem,
+    },
     #[error("policy identifier {identifier:?} is not in normal form; use {normalized:?}")]
     IdentifierNotNormalized {
         identifier: String,
@@ -438,6 +494,43 @@ pub fn derive_daily_limit(monthly_limit: u64, burst: BurstPercent) -> u64 {
 mod tests {
     use super::*;
     use crate::Period;
+
+    #[test]
+    fn group_names_from_identity_providers_pass() {
+        let guid = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
+        let longest = "g".repeat(MAX_GROUP_NAME_BYTES);
+        for name in [
+            "eng-platform",
+            "Engineering Platform",
+            "ai:admins",
+            guid,
+            "Ünïcode Grüppe",
+            &longest,
+        ] {
+            assert_eq!(validate_group_name(name), Ok(()), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_group_names_are_rejected() {
+        let too_long = "g".repeat(MAX_GROUP_NAME_BYTES + 1);
+        let cases: [(&str, &str); 9] = [
+            ("line\nbreak", "control character"),
+            ("tab\there", "control character"),
+            ("a,b", "comma"),
+            (&too_long, "longer than 256 bytes"),
+            ("=HYPERLINK(\"http://x\",\"y\")", "formula"),
+            ("+cmd", "formula"),
+            ("-2+3", "formula"),
+            ("@SUM(A1)", "formula"),
+            ("", "empty"),
+        ];
+        for (name, phrase) in cases {
+            let error = validate_group_name(name).expect_err(name);
+            let message = error.to_string();
+            assert!(message.contains(phrase), "{name:?}: {message}");
+        }
+    }
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2025-01-15T12:00:00Z")

@@ -147,6 +147,31 @@ mod tests {
     }
 
     #[test]
+    fn invalid_group_names_are_ignored() {
+        let long_name = "g".repeat(300);
+        let groups = groups_of(json!([
+            "eng-platform",
+            "Engineering Platform",
+            "ai:admins",
+            "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+            "a,b",
+            "line\nbreak",
+            "=HYPERLINK(\"http://x\",\"y\")",
+            "@admins",
+            long_name,
+        ]));
+        assert_eq!(
+            groups,
+            [
+                "eng-platform",
+                "Engineering Platform",
+                "ai:admins",
+                "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
+            ]
+        );
+    }
+
+    #[test]
     fn malformed_group_claim_gives_no_groups() {
         assert_eq!(groups_of(json!(7)), Vec::<String>::new());
         assert_eq!(groups_of(json!("[admins")), Vec::<String>::new());

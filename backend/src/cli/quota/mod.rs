@@ -18,7 +18,9 @@ use chrono::Utc;
 use serde_json::json;
 use tollgate_protocol::check::PolicyKind;
 use tollgate_quota::policy::{enforcement_name, normalize_identifier, policy_kind_name};
-use tollgate_quota::{DEFAULT_IDENTIFIER, Policy, format_amount, parse_policy_kind};
+use tollgate_quota::{
+    DEFAULT_IDENTIFIER, Policy, format_amount, parse_policy_kind, validate_group_name,
+};
 
 use super::{DeploymentArgs, StoreArgs, identity, output, table, user_error};
 use crate::store::sqlite::SqliteStore;
@@ -170,6 +172,9 @@ async fn set_policy(
     // Check the identifier before the store file is opened (or created).
     let identifier =
         normalize_identifier(kind, identifier).map_err(|error| user_error(error.to_string()))?;
+    if kind == PolicyKind::Group {
+        validate_group_name(&identifier).map_err(|error| user_error(error.to_string()))?;
+    }
     let key = PolicyKey::new(kind, identifier.clone());
     let path = store_args.writable_path()?;
     // Settings that fail on their own, such as --burst without

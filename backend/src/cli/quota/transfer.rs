@@ -26,7 +26,7 @@ use tollgate_protocol::check::PolicyKind;
 use tollgate_quota::policy::{enforcement_name, normalize_identifier, policy_kind_name};
 use tollgate_quota::{
     BurstPercent, Policy, WarningThresholds, format_amount, parse_amount, parse_enforcement,
-    parse_policy_kind,
+    parse_policy_kind, validate_group_name,
 };
 
 use super::settings::{describe_limits, parse_burst_arg};
@@ -552,6 +552,12 @@ fn policy_of(
             .map_err(|message| problems.push(message))
             .ok(),
         (Some(kind), text) => normalize_identifier(kind, text)
+            .and_then(|name| {
+                if kind == PolicyKind::Group {
+                    validate_group_name(&name)?;
+                }
+                Ok(name)
+            })
             .map_err(|error| problems.push(error.to_string()))
             .ok(),
     };
