@@ -153,6 +153,28 @@ async fn wrong_issuer_is_rejected() {
         "{body}"
     );
 
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("http://127.0.0.1:1/other"),
+        "names the token's issuer: {body}"
+    );
+
+    // A token of another issuer is signed by a key this issuer never
+    // published, and still reports the issuer, not the key.
+    let other_key = SigningKey::rsa("other-issuer-key");
+    let fetches_before = issuer.fetches();
+    let body = assert_rejected(&backend, &other_key.sign(&token_claims), "wrong_issuer").await;
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains(&issuer.url), "{body}");
+    assert!(message.contains("http://127.0.0.1:1/other"), "{body}");
+    assert_eq!(
+        issuer.fetches(),
+        fetches_before,
+        "no JWKS download for another issuer's key"
+    );
+
     token_claims.as_object_mut().unwrap().remove("iss");
     assert_rejected(&backend, &key.sign(&token_claims), "missing_claim").await;
 }

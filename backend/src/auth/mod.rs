@@ -110,8 +110,13 @@ pub enum AuthError {
     Expired,
     #[error("the token is not valid yet (nbf is in the future); check the clock of this server")]
     NotYetValid,
-    #[error("the token's issuer is not {0}; log in at that issuer")]
-    WrongIssuer(String),
+    #[error("{}", wrong_issuer_message(expected, found.as_deref()))]
+    WrongIssuer {
+        /// The configured issuer.
+        expected: String,
+        /// The token's `iss` claim, when it was readable.
+        found: Option<String>,
+    },
     #[error("the token's audience does not include {0}; log in with that OIDC client")]
     WrongAudience(String),
     #[error("the token has no {0:?} claim, which is required")]
@@ -142,7 +147,7 @@ impl AuthError {
             Self::BadSignature => "bad_signature",
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
-            Self::WrongIssuer(_) => "wrong_issuer",
+            Self::WrongIssuer { .. } => "wrong_issuer",
             Self::WrongAudience(_) => "wrong_audience",
             Self::MissingClaim(_) => "missing_claim",
             Self::MissingIdentity(_) => "missing_identity",
@@ -232,6 +237,16 @@ impl TokenValidator {
         let algorithm = read_algorithm(token)?;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|error| AuthError::Malformed(error.to_string()))?;
+        // The unverified `iss` only chooses the error: a token of another
+        // issuer would otherwise be reported as signed by an unknown key.
+        if let Some(found) = read_unverified_issuer(token)
+            && found != self.config.issuer
+        {
+            return Err(AuthError::WrongIssuer {
+                expected: self.config.issuer.clone(),
+                found: Some(found),
+            });
+        }
 
         let key = self
             .keys
@@ -271,11 +286,39 @@ impl TokenValidator {
             ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => AuthError::BadSignature,
             ErrorKind::ExpiredSignature => AuthError::Expired,
             ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-            ErrorKind::InvalidIssuer => AuthError::WrongIssuer(self.config.issuer.clone()),
+            ErrorKind::InvalidIssuer => AuthError::WrongIssuer {
+                expected: self.config.issuer.clone(),
+                found: None,
+            },
             ErrorKind::InvalidAudience => AuthError::WrongAudience(self.config.audience.clone()),
             ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim),
             other => AuthError::Malformed(jsonwebtoken::errors::Error::from(other).to_string()),
         }
+    }
+}
+
+/// Reads the `iss` claim of the payload without verifying the signature.
+/// Returns `None` when the payload or the claim is unreadable, so that the
+/// verification that follows reports it.
+fn read_unverified_issuer(token: &str) -> Option<String> {
+    let payload_part = token.split('.').nth(1)?;
+    let payload_json = URL_SAFE_NO_PAD
+        .decode(payload_part.trim_end_matches('='))
+        .ok()?;
+    let payload: Map<String, Value> = serde_json::from_slice(&payload_json).ok()?;
+    match payload.get("iss") {
+        Some(Value::String(issuer)) => Some(issuer.clone()),
+        _ => None,
+    }
+}
+
+fn wrong_issuer_message(expected: &str, found: Option<&str>) -> String {
+    match found {
+        Some(found) => format!(
+            "the token's issuer is {found:?}, but this server accepts tokens of {expected}; log \
+             in at {expected}"
+        ),
+        None => format!("the token's issuer is not {expected}; log in at that issuer"),
     }
 }
 
