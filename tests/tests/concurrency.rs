@@ -3,10 +3,12 @@
 //! next one.
 
 use std::collections::BTreeSet;
+use std::process::Stdio;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use tollgate_tests::locate::{AGENT, binary};
 use tollgate_tests::process::{kill_pid, pid_gone};
 use tollgate_tests::{ProfileSpec, Stack, wait_for};
 
@@ -89,5 +91,51 @@ fn agent_killed_mid_login_recovers() -> Result<()> {
     assert!(second.json()?["AccessKeyId"].is_string());
     assert_eq!(stack.browser_urls().len(), 2, "a second login was started");
     assert_eq!(stack.agent_pids().len(), 1, "one new agent");
+    Ok(())
+}
+
+#[test]
+fn abandoned_login_blocks_nothing() -> Result<()> {
+    let stack = Stack::builder()
+        .profile(ProfileSpec::new("bedrock").login_timeout_seconds(120))
+        .start()?;
+    let profile = stack.profile("bedrock").to_owned();
+    let before = stack.shim("bedrock")?;
+    before.ensure_success("the shim before the login")?;
+    let key = before.json()?["AccessKeyId"].to_string();
+
+    // A second login waits for a browser that never logs in.
+    stack.set_browser_mode("ignore")?;
+    let mut login = stack
+        .command(binary(AGENT)?)
+        .args(["login", "--profile", &profile])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    wait_for("the login to open the browser", Duration::from_secs(60), || {
+        Ok((stack.browser_urls().len() == 2).then_some(()))
+    })?;
+
+    // The cached credentials are still valid, so they come at once.
+    let asked = Instant::now();
+    let during = stack.shim_with_args("bedrock", &["--timeout", "30"])?;
+    let took = asked.elapsed();
+    during.ensure_success("the shim during the pending login")?;
+    assert!(took < Duration::from_secs(15), "the shim took {took:?}");
+    assert_eq!(during.json()?["AccessKeyId"].to_string(), key);
+
+    // The only client of the login leaves, so the agent cancels it.
+    login.kill()?;
+    login.wait()?;
+    wait_for(
+        "the agent to cancel the abandoned login",
+        Duration::from_secs(30),
+        || Ok(stack.agent_log().contains("cancelling the login").then_some(())),
+    )?;
+
+    // A new login can bind the callback port again and finishes.
+    stack.set_browser_mode("login")?;
+    let again = stack.agent_cli(&["login", "--profile", &profile])?;
+    again.ensure_success("the login after the abandoned one")?;
     Ok(())
 }

@@ -383,3 +383,47 @@ fn refused_device_login_ends_at_once() -> Result<()> {
     assert!(stack.sts().exchanges().is_empty());
     Ok(())
 }
+
+#[test]
+fn joining_callers_see_pending_code() -> Result<()> {
+    let stack = Stack::builder()
+        .device_flow(DeviceFlowOptions {
+            interval: Some(1),
+            ..DeviceFlowOptions::default()
+        })
+        .profile(
+            ProfileSpec::new("bedrock")
+                .set("login", "device-code")
+                .login_timeout_seconds(300),
+        )
+        .start()?;
+    let profile = stack.profile("bedrock").to_owned();
+
+    // The first caller gives up after showing the code; the login goes on,
+    // because the person may still be typing that code.
+    let first = stack.shim_with_args("bedrock", &["--timeout", "3"])?;
+    assert_eq!(first.status.code(), Some(4), "stderr: {}", first.stderr);
+    let (_, first_code) = first
+        .stderr
+        .lines()
+        .find_map(instructions)
+        .with_context(|| format!("no device code instructions: {}", first.stderr))?;
+
+    // Later callers join that login and see its code at once.
+    let shim = DeviceLogin::start_shim(&stack, &profile)?;
+    assert_eq!(shim.user_code, first_code, "the joining shim's code");
+    let login = DeviceLogin::start(&stack, &profile)?;
+    assert_eq!(login.user_code, first_code, "the joining login's code");
+
+    shim.confirm("alice", false)?;
+    let (status, stderr) = shim.finish()?;
+    assert!(status.success(), "the joining shim failed: {stderr}");
+    let (status, output) = login.finish()?;
+    assert!(status.success(), "the joining login failed: {output}");
+
+    // The abandoned first caller starts no login of its own later.
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(stack.oidc().stats()?.device_authorization_requests, 1);
+    assert_eq!(stack.sts_assume_role_calls(), 1, "STS calls");
+    Ok(())
+}

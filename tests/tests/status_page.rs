@@ -99,6 +99,25 @@ fn page_renders_warning_and_block() -> Result<()> {
         },
     )?;
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    // The scripted browser exits with an error for a page that is no
+    // login, so the agent logs a failed launch. The page's secret last
+    // path segment must not be in that line or any other.
+    let secret = url.rsplit_once('/').map(|(_, last)| last).unwrap_or_default();
+    assert!(secret.len() >= 16, "the page path has a secret part: {url}");
+    wait_for(
+        "the agent to log the failed status page launch",
+        std::time::Duration::from_secs(15),
+        || {
+            Ok(stack
+                .agent_log()
+                .contains("could not open the status page")
+                .then_some(()))
+        },
+    )?;
+    assert!(
+        !stack.agent_log().contains(secret),
+        "the agent log contains the status page secret"
+    );
 
     let html = rendered_text(&url)?;
     assert!(html.contains("pia@example.com"), "{html}");
@@ -136,5 +155,49 @@ fn page_renders_warning_and_block() -> Result<()> {
         .unwrap_or_default();
     let html = rendered_text(&other)?;
     assert!(!html.contains("pia@example.com"), "{html}");
+    Ok(())
+}
+
+#[test]
+fn headless_session_opens_nothing() -> Result<()> {
+    // No DISPLAY or WAYLAND_DISPLAY, but $BROWSER is set: a headless
+    // machine with a text browser for the login.
+    let stack = Stack::builder()
+        .login("pia")
+        .backend()
+        .env("TOLLGATE_SECRET_STORE", "memory")
+        .profile(ProfileSpec::new("bedrock").quota().quota_recheck_minutes(0))
+        .start()?;
+    let backend = stack.backend();
+    backend.admin_ok(&[
+        "quota",
+        "set-user",
+        "pia@example.com",
+        "--monthly-limit",
+        "10M",
+        "--daily-limit",
+        "1M",
+    ])?;
+    backend.admin_ok(&["usage", "record", "pia@example.com", "--tokens", "850K"])?;
+    stack.shim("bedrock")?.ensure_success("the shim at 85%")?;
+
+    wait_for(
+        "the agent to skip the quota notice",
+        std::time::Duration::from_secs(15),
+        || {
+            Ok(stack
+                .agent_log()
+                .contains("no graphical display, so no quota notification")
+                .then_some(()))
+        },
+    )?;
+    let urls = stack.browser_urls();
+    assert_eq!(urls.len(), 1, "only the login URL was opened: {urls:?}");
+    assert!(!urls[0].contains("/status/"), "{urls:?}");
+    let log = stack.agent_log();
+    assert!(
+        !log.contains("desktop notification"),
+        "the agent tried a desktop notification"
+    );
     Ok(())
 }

@@ -87,9 +87,6 @@ pub struct Session {
     /// The last quota result and when it was received.
     pub last_quota: Option<CheckAnswer>,
     pub last_quota_check: Option<DateTime<Utc>>,
-    /// The login URL while an interactive login waits for the browser, so
-    /// requests that wait behind it can show it too.
-    pub pending_login_url: Option<String>,
 }
 
 impl Session {

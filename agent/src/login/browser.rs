@@ -33,7 +33,11 @@ pub fn open_in_background(url: String, profile: String, progress: Progress) {
     tokio::task::spawn_blocking(move || match open_url(&url) {
         Ok(()) => tracing::debug!(profile = %profile, "the browser opener finished"),
         Err(error) => {
-            tracing::warn!(profile = %profile, %error, "could not open a browser for the login");
+            // The opener's error quotes the URL, whose query carries the
+            // login's state and PKCE challenge.
+            let endpoint = url.split_once('?').map_or(url.as_str(), |(endpoint, _)| endpoint);
+            let logged = error.to_string().replace(&url, endpoint);
+            tracing::warn!(profile = %profile, error = %logged, "could not open a browser for the login");
             progress.send(
                 format!("Could not open a browser ({error}); open the login URL above yourself."),
                 None,

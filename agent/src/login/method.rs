@@ -41,12 +41,25 @@ impl Session {
         Session::Desktop
     }
 
+    /// Returns whether the session has a graphical display for desktop
+    /// notifications and the status page. That needs no SSH variables and,
+    /// on Linux, `DISPLAY` or `WAYLAND_DISPLAY`. `$BROWSER` alone does not
+    /// count, because on a headless machine it is often a text browser.
+    pub fn has_display(env: impl Fn(&str) -> Option<OsString>) -> bool {
+        let set = |name: &str| env(name).is_some_and(|value| !value.is_empty());
+        if set("SSH_CONNECTION") || set("SSH_CLIENT") || set("SSH_TTY") {
+            return false;
+        }
+        !cfg!(target_os = "linux") || set("DISPLAY") || set("WAYLAND_DISPLAY")
+    }
+
     /// Classifies the agent's own environment.
     pub fn current() -> Self {
         Self::detect(|name| std::env::var_os(name))
     }
 
-    /// Whether a browser or a desktop notification can reach the user.
+    /// Whether a browser can reach the user for a login. `$BROWSER` counts,
+    /// because a text browser can finish a login on a headless machine.
     pub fn is_desktop(self) -> bool {
         self == Session::Desktop
     }
@@ -118,6 +131,25 @@ mod tests {
             session(&[("WAYLAND_DISPLAY", "wayland-0")]),
             Session::Desktop
         );
+    }
+
+    fn display(vars: &[(&str, &str)]) -> bool {
+        Session::has_display(|name| {
+            vars.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| OsString::from(value))
+        })
+    }
+
+    #[test]
+    fn display_needs_no_ssh() {
+        assert!(display(&[("DISPLAY", ":0")]));
+        assert!(display(&[("WAYLAND_DISPLAY", "wayland-0")]));
+        assert!(!display(&[("DISPLAY", ":0"), ("SSH_TTY", "/dev/pts/1")]));
+        if cfg!(target_os = "linux") {
+            assert!(!display(&[("BROWSER", "/usr/bin/w3m")]));
+            assert!(!display(&[]));
+        }
     }
 
     #[test]

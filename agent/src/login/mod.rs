@@ -54,6 +54,10 @@ pub enum LoginError {
     },
     #[error("the agent is shutting down, so the login was cancelled")]
     Cancelled,
+    #[error(
+        "every client waiting for the login left, so the agent cancelled it; run `tollgate-agent login` again"
+    )]
+    Abandoned,
     #[error("the identity provider sent an ID token that failed validation: {0}")]
     InvalidToken(String),
 }
@@ -79,13 +83,11 @@ pub async fn interactive_login(
     profile: &Profile,
     config_path: &Path,
     progress: &Progress,
-    on_url: impl FnOnce(&str),
     cancel: &CancellationToken,
 ) -> Result<IdentityTokens, LoginError> {
     let listener = callback::CallbackListener::bind(profile.redirect_port, config_path)?;
     let pending = oidc.begin(profile).await?;
     let url = pending.url().to_string();
-    on_url(&url);
     progress.send(
         format!(
             "Log in for Tollgate profile `{}` in your browser. If it did not open, open this URL: {url}",

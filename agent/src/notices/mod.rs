@@ -144,10 +144,16 @@ pub fn due_notices(
 }
 
 /// Sends desktop notifications and opens the status page.
+///
+/// Both need a graphical display ([`Session::has_display`]). In a headless
+/// session (no `DISPLAY` or `WAYLAND_DISPLAY`, or over SSH) the agent neither
+/// opens the page nor tries a notification, and the user sees the quota
+/// state in the shim's messages and `tollgate-agent status`.
 pub struct Notices {
     ledger: Mutex<Ledger>,
     page: StatusPage,
     session: Session,
+    has_display: bool,
     desktop: desktop::Desktop,
 }
 
@@ -156,11 +162,13 @@ impl Notices {
     /// page's server starts on first use.
     pub fn new(ledger_path: PathBuf) -> Self {
         let session = Session::current();
-        tracing::debug!(session = session.describe(), ledger = %ledger_path.display(), "notices set up");
+        let has_display = Session::has_display(|name| std::env::var_os(name));
+        tracing::debug!(session = session.describe(), has_display, ledger = %ledger_path.display(), "notices set up");
         Self {
             ledger: Mutex::new(Ledger::load(ledger_path)),
             page: StatusPage::default(),
             session,
+            has_display,
             desktop: desktop::Desktop::default(),
         }
     }
@@ -189,6 +197,15 @@ impl Notices {
                 blocked_message,
             },
         );
+        if !self.has_display {
+            // Not recorded as shown, so the notices come once the agent
+            // runs with a display.
+            tracing::debug!(
+                session = self.session.describe(),
+                "no graphical display, so no quota notification and no status page"
+            );
+            return;
+        }
         let now = Utc::now();
         let notices = {
             let mut ledger = self.ledger.lock().expect("ledger lock is never poisoned");
@@ -206,18 +223,11 @@ impl Notices {
             self.desktop
                 .show(notice.summary.clone(), notice.body.clone(), notice.blocked);
         }
-        if self.session.is_desktop() {
-            match self.page.url() {
-                Ok(url) => open_page(url),
-                Err(error) => {
-                    tracing::warn!(%error, "could not start the status page server")
-                }
+        match self.page.url() {
+            Ok(url) => open_page(url),
+            Err(error) => {
+                tracing::warn!(%error, "could not start the status page server")
             }
-        } else {
-            tracing::debug!(
-                session = self.session.describe(),
-                "not opening the status page outside a desktop session"
-            );
         }
     }
 }
@@ -227,6 +237,14 @@ impl Notices {
     /// and the user code) as a notification, for users who do not watch
     /// the terminal that started the request.
     pub fn show_login_prompt(&self, profile: &str, message: &str) {
+        if !self.has_display {
+            tracing::debug!(
+                profile,
+                session = self.session.describe(),
+                "no graphical display, so no login notification"
+            );
+            return;
+        }
         self.desktop.show(
             format!("Tollgate login for profile {profile}"),
             message.to_string(),
@@ -236,10 +254,26 @@ impl Notices {
 }
 
 fn open_page(url: String) {
-    std::thread::spawn(move || match crate::login::browser::open_url(&url) {
-        Ok(()) => tracing::debug!("opened the status page"),
-        Err(error) => tracing::warn!(%error, "could not open the status page in a browser"),
+    std::thread::spawn(move || {
+        let page = redact_page_url(&url);
+        match crate::login::browser::open_url(&url) {
+            Ok(()) => tracing::debug!(%page, "opened the status page"),
+            Err(error) => {
+                // The opener's error quotes the command line, URL included.
+                let error = error.to_string().replace(&url, &page);
+                tracing::warn!(%page, %error, "could not open the status page in a browser");
+            }
+        }
     });
+}
+
+/// Returns the status page URL with its secret last path segment replaced,
+/// so that it can be logged.
+pub fn redact_page_url(url: &str) -> String {
+    match url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/[redacted]"),
+        None => "[redacted]".to_string(),
+    }
 }
 
 /// Shared handle used by the agent.

@@ -196,3 +196,11 @@ fn page_bar_colours() {
         );
     }
 }
+
+#[test]
+fn page_url_redacted_for_log() {
+    assert_eq!(
+        super::redact_page_url("http://127.0.0.1:46179/status/s-OZRsabcdef"),
+        "http://127.0.0.1:46179/status/[redacted]"
+    );
+}

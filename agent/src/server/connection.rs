@@ -2,6 +2,7 @@
 //! out, with the protocol checks that come before a request reaches the
 //! [`Agent`].
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
@@ -20,16 +21,24 @@ pub fn peer_allowed(peer_uid: u32, uid: u32) -> bool {
     peer_uid == uid
 }
 
+type Lines = FramedRead<tokio::net::unix::OwnedReadHalf, LinesCodec>;
+type Out = FramedWrite<tokio::net::unix::OwnedWriteHalf, LinesCodec>;
+
 /// Serves requests on `stream` until the client closes it, a line is
 /// unreadable, or shutdown is announced.
 pub async fn serve(stream: UnixStream, agent: Arc<Agent>, mut shutdown: broadcast::Receiver<()>) {
     let (reader, writer) = stream.into_split();
     let mut lines = FramedRead::new(reader, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
     let mut out = FramedWrite::new(writer, LinesCodec::new());
+    // A line the client sent while the previous request still ran.
+    let mut queued: VecDeque<String> = VecDeque::new();
     loop {
-        let line = tokio::select! {
-            line = lines.next() => line,
-            _ = shutdown.recv() => break,
+        let line = match queued.pop_front() {
+            Some(line) => Some(Ok(line)),
+            None => tokio::select! {
+                line = lines.next() => line,
+                _ = shutdown.recv() => break,
+            },
         };
         let line = match line {
             None => break,
@@ -53,7 +62,7 @@ pub async fn serve(stream: UnixStream, agent: Arc<Agent>, mut shutdown: broadcas
         if line.trim().is_empty() {
             continue;
         }
-        if !answer(&line, &agent, &mut out).await {
+        if !answer(&line, &agent, &mut lines, &mut queued, &mut out).await {
             break;
         }
     }
@@ -61,10 +70,17 @@ pub async fn serve(stream: UnixStream, agent: Arc<Agent>, mut shutdown: broadcas
 
 /// Handles one request line, forwarding progress until the final response.
 /// Returns false when the client can no longer be written to.
+///
+/// When the client closes the connection before the response, the request
+/// is dropped, so a client that gave up starts no login and no STS call
+/// later. A login it joined is cancelled only when no other client waits on
+/// it and no credential request joined it.
 async fn answer(
     line: &str,
-    agent: &Agent,
-    out: &mut FramedWrite<tokio::net::unix::OwnedWriteHalf, LinesCodec>,
+    agent: &Arc<Agent>,
+    lines: &mut Lines,
+    queued: &mut VecDeque<String>,
+    out: &mut Out,
 ) -> bool {
     let (sender, mut notes) = mpsc::unbounded_channel();
     let handling = dispatch(line, agent, Progress::new(sender));
@@ -74,12 +90,21 @@ async fn answer(
             response = &mut handling => break response,
             Some(note) = notes.recv() => {
                 if send(out, &note).await.is_err() {
-                    // The client left; finish the request so its results
-                    // (a login, new credentials) are still cached.
-                    let _ = (&mut handling).await;
+                    tracing::debug!("the client left before the response; dropping its request");
                     return false;
                 }
             }
+            next = lines.next() => match next {
+                Some(Ok(next)) => queued.push_back(next),
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "the client sent an unreadable line during a request; closing the connection");
+                    return false;
+                }
+                None => {
+                    tracing::debug!("the client closed the connection before the response; dropping its request");
+                    return false;
+                }
+            },
         }
     };
     while let Ok(note) = notes.try_recv() {
@@ -90,16 +115,13 @@ async fn answer(
     send(out, &response).await.is_ok()
 }
 
-async fn send(
-    out: &mut FramedWrite<tokio::net::unix::OwnedWriteHalf, LinesCodec>,
-    response: &Response,
-) -> Result<(), LinesCodecError> {
+async fn send(out: &mut Out, response: &Response) -> Result<(), LinesCodecError> {
     let line = serde_json::to_string(response).expect("responses always serialize to JSON");
     out.send(line).await
 }
 
 /// Checks the protocol envelope, then hands the request to the agent.
-pub async fn dispatch(line: &str, agent: &Agent, progress: Progress) -> Response {
+pub async fn dispatch(line: &str, agent: &Arc<Agent>, progress: Progress) -> Response {
     match parse(line) {
         Ok(body) => agent.handle(body, progress).await,
         Err((kind, message)) => Response::error(kind, message),

@@ -1,48 +1,28 @@
 //! Credential, ID token and login requests: the single-flight path that
-//! logs in, renews tokens, checks the quota and calls STS as needed.
+//! renews tokens, checks the quota and calls STS as needed, and the shared
+//! login that runs outside it.
 
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use tollgate_protocol::agent::{Credentials, ErrorKind, Response};
 
+use tokio_util::sync::CancellationToken;
+
+use super::pending::PendingLogin;
 use super::{Agent, AgentError, ProfileState};
 use crate::cache::session::{IdentityTokens, StsCredentials};
 use crate::config::{FailMode, Profile};
 use crate::expiration::{credentials_usable, reported_expiration};
-use crate::login::method::{Session, use_device_code};
-use crate::login::{self, RefreshError};
+use crate::login::method::{Session as LoginSession, use_device_code};
+use crate::login::{self, LoginError, RefreshError};
 use crate::progress::Progress;
 use crate::quota;
 use crate::sts::{AssumeRoleRequest, session_name};
 
 impl Agent {
-    /// Waits for the profile's single-flight lock. A request that has to
-    /// wait behind a browser login gets the login URL as progress.
-    async fn enter_flight<'a>(
-        &self,
-        profile: &Profile,
-        state: &'a ProfileState,
-        progress: &Progress,
-    ) -> tokio::sync::MutexGuard<'a, ()> {
-        if let Ok(guard) = state.flight.try_lock() {
-            return guard;
-        }
-        let pending_url = state.session().pending_login_url.clone();
-        if let Some(url) = pending_url {
-            progress.send(
-                format!(
-                    "A login for Tollgate profile `{}` is waiting for the browser: {url}",
-                    profile.name
-                ),
-                Some(url),
-            );
-        }
-        state.flight.lock().await
-    }
-
     pub(super) async fn get_credentials(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         interactive: bool,
         progress: &Progress,
@@ -50,7 +30,7 @@ impl Agent {
         let config = self.config.current()?;
         let profile = config.profile(name)?.clone();
         let state = self.profile_state(&profile).await;
-        let _flight = self.enter_flight(&profile, &state, progress).await;
+        let flight = state.flight.lock().await;
 
         let now = Utc::now();
         let (cached, recheck_due) = {
@@ -73,9 +53,21 @@ impl Agent {
             return Ok(self.hand_out(&profile, &state, credentials));
         }
 
-        let tokens = self
-            .ensure_tokens(&profile, &state, interactive, progress)
-            .await?;
+        let tokens = match self.ensure_tokens(&profile, &state).await {
+            Ok(tokens) => tokens,
+            Err(error) if interactive && error.kind == ErrorKind::LoginRequired => {
+                // The login may take minutes, so it runs without the
+                // profile's lock: other requests meanwhile get cached
+                // credentials or join the login.
+                drop(flight);
+                let device_code =
+                    use_device_code(profile.login, false, LoginSession::current());
+                self.join_login(&profile, &state, progress, device_code, true)
+                    .await?;
+                return Box::pin(self.get_credentials(name, false, progress)).await;
+            }
+            Err(error) => return Err(error),
+        };
         if let Some(quota_url) = &profile.quota_url {
             self.check_quota(&profile, &state, quota_url, &tokens)
                 .await?;
@@ -230,13 +222,12 @@ impl Agent {
     }
 
     /// Returns a valid ID token, renewing it with the refresh token when it
-    /// nears expiry, and logging in when `interactive` allows it.
+    /// nears expiry. Without a usable login it returns
+    /// [`ErrorKind::LoginRequired`].
     async fn ensure_tokens(
         &self,
         profile: &Profile,
         state: &ProfileState,
-        interactive: bool,
-        progress: &Progress,
     ) -> Result<IdentityTokens, AgentError> {
         let now = Utc::now();
         let current = state.session().stored.tokens.clone();
@@ -276,23 +267,105 @@ impl Agent {
                 return Ok(tokens.clone());
             }
         }
-        if !interactive {
-            let mut error = AgentError::new(
-                ErrorKind::LoginRequired,
-                format!(
-                    "Tollgate profile `{}` has no valid login; run `tollgate-agent login --profile {}`",
-                    profile.name, profile.name
-                ),
-            );
-            if let Some(cause) = renewal_failure {
-                error = error.with_cause(cause);
-            }
-            return Err(error);
+        let mut error = AgentError::new(
+            ErrorKind::LoginRequired,
+            format!(
+                "Tollgate profile `{}` has no valid login; run `tollgate-agent login --profile {}`",
+                profile.name, profile.name
+            ),
+        );
+        if let Some(cause) = renewal_failure {
+            error = error.with_cause(cause);
         }
-        let session = Session::current();
-        let device_code = use_device_code(profile.login, false, session);
-        tracing::debug!(profile = %profile.name, session = session.describe(), device_code, "picked the login method");
-        self.run_login(profile, state, progress, device_code).await
+        Err(error)
+    }
+
+    /// Joins the profile's pending login, or starts one when none runs,
+    /// and waits for its result. `progress` first gets the notes the login
+    /// has sent so far. `outlives_clients` is set for credential requests,
+    /// whose login goes on when every client has left.
+    async fn join_login(
+        self: &Arc<Self>,
+        profile: &Profile,
+        state: &Arc<ProfileState>,
+        progress: &Progress,
+        device_code: bool,
+        outlives_clients: bool,
+    ) -> Result<IdentityTokens, AgentError> {
+        if self.shutdown.is_cancelled() {
+            return Err(AgentError::from(LoginError::Cancelled));
+        }
+        loop {
+            let waiter = {
+                let mut slot = state.login();
+                match slot.as_ref().filter(|pending| !pending.is_finished()) {
+                    // A cancelled login keeps its callback port bound until
+                    // its task ends, so wait for that and start afresh.
+                    Some(pending) if pending.cancel.is_cancelled() => Err(pending.clone()),
+                    Some(pending) => {
+                        tracing::debug!(profile = %profile.name, "joining the pending login");
+                        Ok(pending.join(progress, outlives_clients))
+                    }
+                    None => {
+                        let pending =
+                            PendingLogin::new(&profile.name, self.shutdown.child_token());
+                        *slot = Some(pending.clone());
+                        let waiter = pending.join(progress, outlives_clients);
+                        self.spawn_login(profile.clone(), state.clone(), pending, device_code);
+                        Ok(waiter)
+                    }
+                }
+            };
+            match waiter {
+                Ok(waiter) => return waiter.result().await,
+                Err(cancelled) => {
+                    tracing::debug!(profile = %profile.name, "waiting for the cancelled login to end");
+                    cancelled.ended().await;
+                    if self.shutdown.is_cancelled() {
+                        return Err(AgentError::from(LoginError::Cancelled));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a login in its own task, so that no single client's request
+    /// owns it, and sends the result to every client that joined.
+    fn spawn_login(
+        self: &Arc<Self>,
+        profile: Profile,
+        state: Arc<ProfileState>,
+        pending: Arc<PendingLogin>,
+        device_code: bool,
+    ) {
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let sink = pending.progress_sink();
+            let result = agent
+                .run_login(&profile, &state, &sink, device_code, &pending.cancel)
+                .await;
+            drop(sink);
+            let result = match result {
+                Ok(tokens) => Ok(tokens),
+                Err(LoginError::Cancelled) if !agent.shutdown.is_cancelled() => {
+                    tracing::info!(profile = %profile.name, "cancelled the login because no client waits for it");
+                    Err(AgentError::from(LoginError::Abandoned))
+                }
+                Err(error) => {
+                    tracing::warn!(profile = %profile.name, %error, "the login failed");
+                    Err(AgentError::from(error))
+                }
+            };
+            let mut slot = state.login();
+            if slot
+                .as_ref()
+                .is_some_and(|current| Arc::ptr_eq(current, &pending))
+            {
+                *slot = None;
+            }
+            drop(slot);
+            pending.finish(result);
+        });
     }
 
     async fn run_login(
@@ -301,28 +374,15 @@ impl Agent {
         state: &ProfileState,
         progress: &Progress,
         device_code: bool,
-    ) -> Result<IdentityTokens, AgentError> {
-        let result = if device_code {
+        cancel: &CancellationToken,
+    ) -> Result<IdentityTokens, LoginError> {
+        let tokens = if device_code {
             let progress = self.tee_to_notices(profile, progress);
-            self.oidc
-                .device_login(profile, &progress, &self.shutdown)
-                .await
+            self.oidc.device_login(profile, &progress, cancel).await?
         } else {
-            login::interactive_login(
-                &self.oidc,
-                profile,
-                self.config.path(),
-                progress,
-                |url| state.session().pending_login_url = Some(url.to_string()),
-                &self.shutdown,
-            )
-            .await
+            login::interactive_login(&self.oidc, profile, self.config.path(), progress, cancel)
+                .await?
         };
-        state.session().pending_login_url = None;
-        let tokens = result.map_err(|error| {
-            tracing::warn!(profile = %profile.name, %error, "the login failed");
-            AgentError::from(error)
-        })?;
         self.store_tokens(profile, state, tokens.clone()).await;
         Ok(tokens)
     }
@@ -374,10 +434,8 @@ impl Agent {
         let config = self.config.current()?;
         let profile = config.profile(name)?.clone();
         let state = self.profile_state(&profile).await;
-        let _flight = self.enter_flight(&profile, &state, &Progress::none()).await;
-        let tokens = self
-            .ensure_tokens(&profile, &state, false, &Progress::none())
-            .await?;
+        let _flight = state.flight.lock().await;
+        let tokens = self.ensure_tokens(&profile, &state).await?;
         Ok(Response::IdToken {
             token: tokens.id_token,
             expiration: tokens.id_token_expiration,
@@ -385,18 +443,17 @@ impl Agent {
     }
 
     pub(super) async fn login(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         device_code: bool,
         progress: &Progress,
     ) -> Result<Response, AgentError> {
         let config = self.config.current()?;
         let profile = config.profile(name)?.clone();
-        let state: Arc<ProfileState> = self.profile_state(&profile).await;
-        let _flight = self.enter_flight(&profile, &state, progress).await;
-        let device_code = use_device_code(profile.login, device_code, Session::current());
+        let state = self.profile_state(&profile).await;
+        let device_code = use_device_code(profile.login, device_code, LoginSession::current());
         let tokens = self
-            .run_login(&profile, &state, progress, device_code)
+            .join_login(&profile, &state, progress, device_code, false)
             .await?;
         Ok(Response::Done {
             message: format!(

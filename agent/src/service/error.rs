@@ -7,7 +7,7 @@ use crate::config::ConfigError;
 use crate::login::LoginError;
 
 /// A request failure: its kind, a message for the user and the causes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AgentError {
     pub kind: ErrorKind,
     pub message: String,

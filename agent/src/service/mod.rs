@@ -1,13 +1,17 @@
 //! The agent's request handling: one [`Agent`] serves every connection and
 //! keeps one [`ProfileState`] per configured profile.
 //!
-//! Work that may log in or call STS for a profile runs under that profile's
-//! async mutex (the single flight). So any number of parallel requests for
-//! one profile share one login and one STS call: the requests that wait
-//! behind the first find its result in the session.
+//! Work that renews tokens, checks the quota or calls STS for a profile runs
+//! under that profile's async mutex (the single flight). So any number of
+//! parallel requests for one profile share one STS call: the requests that
+//! wait behind the first find its result in the session. A login runs
+//! outside that mutex as a [`pending::PendingLogin`] that every request
+//! needing it joins, so a pending login never delays valid cached
+//! credentials.
 
 mod credentials;
 pub mod error;
+mod pending;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,12 +29,15 @@ use crate::store::SecretStore;
 use crate::sts::StsApi;
 pub use error::AgentError;
 
-/// One profile's state: the single-flight lock and the session.
+/// One profile's state: the single-flight lock, the pending login and the
+/// session.
 #[derive(Default)]
 pub struct ProfileState {
-    /// Held while a request logs in, renews tokens, checks the quota or
-    /// calls STS for this profile.
+    /// Held while a request renews tokens, checks the quota or calls STS for
+    /// this profile.
     flight: tokio::sync::Mutex<()>,
+    /// The login in progress, if any.
+    login: Mutex<Option<Arc<pending::PendingLogin>>>,
     session: Mutex<Session>,
     /// The profile settings the session was built for.
     settings: Mutex<Option<Profile>>,
@@ -39,6 +46,10 @@ pub struct ProfileState {
 impl ProfileState {
     fn session(&self) -> std::sync::MutexGuard<'_, Session> {
         self.session.lock().expect("session lock is never poisoned")
+    }
+
+    fn login(&self) -> std::sync::MutexGuard<'_, Option<Arc<pending::PendingLogin>>> {
+        self.login.lock().expect("login lock is never poisoned")
     }
 }
 
@@ -94,7 +105,7 @@ impl Agent {
     }
 
     /// Handles one request.
-    pub async fn handle(&self, body: RequestBody, progress: Progress) -> Response {
+    pub async fn handle(self: &Arc<Self>, body: RequestBody, progress: Progress) -> Response {
         let result = match body {
             RequestBody::Hello { client } => {
                 tracing::debug!(%client, "hello");

@@ -647,49 +647,6 @@ async fn unparseable_quota_answer_fails_closed() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiting_request_gets_login_url() {
-    let fixture = Fixture::new(&config_text(None, 30, "closed"));
-    fixture.seed_login().await;
-    let config = fixture.agent.config.current().unwrap();
-    let state = fixture
-        .agent
-        .profile_state(config.profile("bedrock").unwrap())
-        .await;
-
-    // Another request holds the profile while its browser login waits.
-    let flight = state.flight.lock().await;
-    state.session().pending_login_url = Some("http://127.0.0.1:9/auth?x=1".into());
-    let (sender, mut notes) = tokio::sync::mpsc::unbounded_channel();
-    let agent = fixture.agent.clone();
-    let waiting = tokio::spawn(async move {
-        agent
-            .handle(
-                RequestBody::GetCredentials {
-                    profile: "bedrock".into(),
-                    interactive: true,
-                },
-                Progress::new(sender),
-            )
-            .await
-    });
-    match tokio::time::timeout(StdDuration::from_secs(5), notes.recv())
-        .await
-        .unwrap()
-    {
-        Some(Response::Progress { url, message }) => {
-            assert_eq!(url.as_deref(), Some("http://127.0.0.1:9/auth?x=1"));
-            assert!(message.contains("is waiting for the browser"), "{message}");
-        }
-        other => panic!("expected a progress note, got {other:?}"),
-    }
-    assert!(!waiting.is_finished(), "the request waits for the login");
-
-    state.session().pending_login_url = None;
-    drop(flight);
-    credentials(waiting.await.unwrap());
-}
-
 #[tokio::test]
 async fn logout_removes_secrets() {
     let fixture = Fixture::new(&config_text(None, 30, "closed"));
