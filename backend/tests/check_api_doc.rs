@@ -395,5 +395,8 @@ async fn health_matches_doc_example() {
     let body = backend.health().await;
     let doc = std::fs::read_to_string(doc_path()).expect("docs/check-api.md is readable");
     let example = doc_block(&doc, "<!-- example health: user policy only -->");
-    assert_eq!(body, example, "docs/check-api.md shows a different health body");
+    assert_eq!(
+        body, example,
+        "docs/check-api.md shows a different health body"
+    );
 }

@@ -1440,7 +1440,9 @@ fn import_rejects_duplicated_names() {
         output.stderr
     );
     assert!(
-        output.stderr.contains("\"monthly_limit\" appears more than once"),
+        output
+            .stderr
+            .contains("\"monthly_limit\" appears more than once"),
         "names the column: {}",
         output.stderr
     );
@@ -1469,7 +1471,9 @@ fn import_rejects_duplicated_names() {
         output.stderr
     );
     assert!(
-        output.stderr.contains("\"monthly_limit\" appears more than once"),
+        output
+            .stderr
+            .contains("\"monthly_limit\" appears more than once"),
         "names the key: {}",
         output.stderr
     );
@@ -1528,7 +1532,9 @@ fn import_reads_enabled_values() {
     let output = fixture.run(&["quota", "import", file.to_str().expect("UTF-8")]);
     assert_eq!(output.code, Some(1), "{output:?}");
     assert!(
-        output.stderr.contains("use true, yes or 1, or false, no or 0"),
+        output
+            .stderr
+            .contains("use true, yes or 1, or false, no or 0"),
         "lists the accepted values: {}",
         output.stderr
     );

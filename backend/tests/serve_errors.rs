@@ -1,7 +1,8 @@
-//! `tollgate serve` started wrongly: a bad or busy --listen address and a
-//! store path that cannot be a store file. Each must exit 1 with the value,
-//! the cause and the fix, and a busy port must fail before the store is
-//! created.
+//! `tollgate serve` started wrongly: a bad or busy --listen address, a
+//! number out of range, and a store path that cannot be a store file. Each
+//! must exit 1 with the value, the cause and the fix, and a busy port must
+//! fail before the store is created. Also keeps the flag table of
+//! backend/README.md in step with `tollgate serve --help`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -137,5 +138,76 @@ fn store_path_errors_name_cause_and_fix() {
             stderr.contains("--db or TOLLGATE_DB"),
             "gives the fix: {stderr}"
         );
+    }
+}
+
+/// Returns the long flags `tollgate serve --help` lists, without `--help`.
+fn help_flags() -> Vec<String> {
+    let output = Command::cargo_bin("tollgate")
+        .expect("the tollgate binary")
+        .args(["serve", "--help"])
+        .output()
+        .expect("tollgate runs");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let help = String::from_utf8(output.stdout).expect("UTF-8 help");
+    help.lines()
+        .filter_map(|line| {
+            let flag = line.split_whitespace().next()?;
+            let flag = flag.trim_end_matches(',');
+            (flag.starts_with("--") && flag != "--help").then(|| flag.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn readme_flag_table_matches_help() {
+    let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let readme = std::fs::read_to_string(&readme_path).expect("backend/README.md is readable");
+    let table_flags: Vec<String> = readme
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `--"))
+        .filter_map(|rest| rest.split('`').next())
+        .map(|name| format!("--{name}"))
+        .collect();
+    assert_eq!(
+        table_flags,
+        help_flags(),
+        "the flag table in backend/README.md must list the flags of `tollgate serve --help` \
+         in the same order"
+    );
+}
+
+#[test]
+fn out_of_range_numbers_name_the_range() {
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let db = folder.path().join("tollgate.db");
+    let cases = [
+        (
+            "--jwks-refresh-seconds",
+            "-1",
+            "use whole seconds from 1 to 86400",
+        ),
+        (
+            "--jwks-refresh-seconds",
+            "abc",
+            "use whole seconds from 1 to 86400",
+        ),
+        (
+            "--jwks-refresh-seconds",
+            "0",
+            "use whole seconds from 1 to 86400",
+        ),
+        ("--dedup-window-days", "-1", "use whole days from 1 to 3650"),
+        (
+            "--dedup-window-days",
+            "3651",
+            "use whole days from 1 to 3650",
+        ),
+    ];
+    for (flag, value, range) in cases {
+        let (code, stderr) = run(serve("127.0.0.1:0", &db).args([flag, value]));
+        assert_eq!(code, Some(1), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(range), "{flag} {value}: {stderr}");
+        assert!(!db.exists(), "{flag} {value}: no store is created");
     }
 }

@@ -51,7 +51,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the quota API server (GET /health, GET /v1/check).
+    /// Run the quota API server (GET /health, GET /v1/check, POST /v1/metrics).
     Serve(serve::ServeArgs),
     /// Manage quota policies.
     #[command(subcommand)]

@@ -59,15 +59,17 @@ pub struct ServeArgs {
     group_claims: Vec<String>,
 
     /// The maximum time in seconds between two downloads of the issuer's
-    /// JWKS, and so the maximum time a signing key the issuer withdrew is
-    /// still accepted. A shorter Cache-Control max-age on the JWKS
-    /// response, down to 10 seconds, shortens it.
+    /// JWKS, from 1 to 86400, and so the maximum time a signing key the
+    /// issuer withdrew is still accepted. A shorter Cache-Control max-age
+    /// on the JWKS response shortens it, but a max-age never brings it
+    /// below 10 seconds.
     #[arg(
         long,
         env = "TOLLGATE_JWKS_REFRESH_SECONDS",
         value_name = "SECONDS",
         default_value_t = crate::auth::DEFAULT_JWKS_REFRESH_INTERVAL.as_secs(),
-        value_parser = clap::value_parser!(u64).range(1..=86_400)
+        value_parser = parse_refresh_seconds,
+        allow_negative_numbers = true
     )]
     jwks_refresh_seconds: u64,
 
@@ -118,9 +120,29 @@ pub struct ServeArgs {
         env = "TOLLGATE_DEDUP_WINDOW_DAYS",
         value_name = "DAYS",
         default_value_t = crate::ingest::DEFAULT_DEDUP_WINDOW_DAYS,
-        value_parser = clap::value_parser!(u32).range(1..=3650)
+        value_parser = parse_dedup_days,
+        allow_negative_numbers = true
     )]
     dedup_window_days: u32,
+}
+
+fn parse_refresh_seconds(text: &str) -> Result<u64, String> {
+    parse_whole_number(text, 1, 86_400, "seconds")
+}
+
+fn parse_dedup_days(text: &str) -> Result<u32, String> {
+    parse_whole_number(text, 1, 3650, "days")
+        .map(|days| u32::try_from(days).expect("the range ends at 3650, which fits in u32"))
+}
+
+/// Parses a whole number from `min` to `max`, with an error that names the
+/// range, where the standard parser only says which character is wrong.
+fn parse_whole_number(text: &str, min: u64, max: u64, unit: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|value| (min..=max).contains(value))
+        .ok_or_else(|| format!("use whole {unit} from {min} to {max}"))
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {

@@ -9,8 +9,8 @@ use serde::Serialize;
 use tollgate_quota::{DEFAULT_IDENTIFIER, Policy, PolicyKind};
 
 use super::AppState;
-use crate::store::PolicyKey;
 use super::error::error_chain;
+use crate::store::PolicyKey;
 
 /// The body of the health response.
 #[derive(Debug, Serialize)]

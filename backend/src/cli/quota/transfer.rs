@@ -442,7 +442,12 @@ fn read_csv_rows(text: &str) -> Result<ReadRows, Vec<RowError>> {
         let first = header.iter().position(|column| column == name);
         if first != Some(index) {
             // Report each duplicated column once, at its second appearance.
-            if header[..index].iter().filter(|column| *column == name).count() == 1 {
+            if header[..index]
+                .iter()
+                .filter(|column| *column == name)
+                .count()
+                == 1
+            {
                 errors.push(RowError {
                     line: 1,
                     message: format!(
