@@ -787,6 +787,38 @@ fn group_names_are_validated() {
 }
 
 #[test]
+fn audit_actor_without_user_variables() {
+    let fixture = Fixture::new();
+    let output = run_command(
+        fixture
+            .tollgate()
+            .env_remove("USER")
+            .env_remove("LOGNAME")
+            .env_remove("USERNAME")
+            .args(["quota", "set-default", "--monthly-limit", "1M"]),
+    );
+    assert_eq!(output.code, Some(0), "{output:?}");
+    let audit = fixture.json(&["quota", "audit", "--json"]);
+    let uid = uzers::get_current_uid();
+    let expected = uzers::get_user_by_uid(uid).map_or_else(
+        || format!("uid:{uid}"),
+        |user| user.name().to_string_lossy().into_owned(),
+    );
+    assert_eq!(audit[0]["actor"], expected.as_str(), "{audit}");
+
+    let output = run_command(
+        fixture
+            .tollgate()
+            .env_remove("USER")
+            .env("LOGNAME", "svc-tollgate")
+            .args(["quota", "set-default", "--monthly-limit", "2M"]),
+    );
+    assert_eq!(output.code, Some(0), "{output:?}");
+    let audit = fixture.json(&["quota", "audit", "--json"]);
+    assert_eq!(audit[0]["actor"], "svc-tollgate", "{audit}");
+}
+
+#[test]
 fn explicit_store_folder_must_exist() {
     let fixture = Fixture::new();
     let missing = fixture.folder.path().join("nonexist").join("dir");

@@ -299,10 +299,27 @@ pub(super) fn describe_key(key: &PolicyKey) -> String {
     }
 }
 
-/// Returns the local user name recorded as the actor of audit entries.
+/// Returns the local user name recorded as the actor of audit entries:
+/// `$USER`, else `$LOGNAME`, else `$USERNAME` (Windows), else the account
+/// name of the process's uid, else `uid:N`. A service started without a
+/// login shell, such as one running as root under systemd, has no `$USER`.
 pub(crate) fn local_user() -> String {
-    ["USER", "USERNAME", "LOGNAME"]
+    ["USER", "LOGNAME", "USERNAME"]
         .iter()
         .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
-        .unwrap_or_else(|| "unknown".to_owned())
+        .unwrap_or_else(account_name)
+}
+
+#[cfg(unix)]
+fn account_name() -> String {
+    let uid = uzers::get_current_uid();
+    uzers::get_user_by_uid(uid)
+        .map(|user| user.name().to_string_lossy().into_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| format!("uid:{uid}"))
+}
+
+#[cfg(not(unix))]
+fn account_name() -> String {
+    "unknown".to_owned()
 }
