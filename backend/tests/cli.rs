@@ -819,6 +819,71 @@ fn audit_actor_without_user_variables() {
 }
 
 #[test]
+fn unchanged_settings_write_nothing() {
+    let fixture = Fixture::new();
+    let user = "ann@example.com";
+    fixture.ok(&[
+        "quota",
+        "set-user",
+        user,
+        "--monthly-limit",
+        "5M",
+        "--warn-at",
+        "80,90",
+    ]);
+    let before = fixture.snapshot();
+    let output = fixture.ok(&["quota", "set-user", user, "--warn-at", "90,80,80"]);
+    assert!(
+        output.stdout.starts_with("Unchanged: "),
+        "says nothing changed: {}",
+        output.stdout
+    );
+    assert_eq!(fixture.snapshot(), before, "no policy or audit write");
+
+    let output = fixture.ok(&["quota", "set-user", user, "--warn-at", "70"]);
+    assert!(output.stdout.starts_with("Updated "), "{}", output.stdout);
+}
+
+#[test]
+fn audit_target_is_validated() {
+    let fixture = Fixture::new();
+    seed(&fixture);
+    for target in ["foo", "robot:x", "user:not an email", "group:"] {
+        let output = fixture.run(&["quota", "audit", "--target", target]);
+        assert_eq!(output.code, Some(1), "{target:?}: {output:?}");
+        assert!(
+            output.stderr.contains("use KIND:ID"),
+            "{target:?} gives the form: {}",
+            output.stderr
+        );
+    }
+    let entries = fixture.json(&["quota", "audit", "--json", "--target", " Default:Default "]);
+    assert!(
+        !entries.as_array().expect("a list").is_empty(),
+        "a valid target in another case still matches: {entries}"
+    );
+}
+
+#[test]
+fn empty_store_variable_is_named() {
+    let fixture = Fixture::new();
+    let output = run_command(
+        fixture
+            .tollgate()
+            .env("TOLLGATE_DB", "")
+            .args(["quota", "list"]),
+    );
+    assert_eq!(output.code, Some(1), "{output:?}");
+    assert!(
+        output
+            .stderr
+            .contains("TOLLGATE_DB is set to an empty value"),
+        "names the variable: {}",
+        output.stderr
+    );
+}
+
+#[test]
 fn explicit_store_folder_must_exist() {
     let fixture = Fixture::new();
     let missing = fixture.folder.path().join("nonexist").join("dir");
@@ -1677,7 +1742,7 @@ fn import_conflicts_need_a_choice() {
 #[test]
 fn usage_record_adds_usage_and_audits() {
     let fixture = Fixture::new();
-    fixture.ok(&[
+    let output = fixture.ok(&[
         "usage",
         "record",
         "Ann@Example.com",
@@ -1690,6 +1755,11 @@ fn usage_record_adds_usage_and_audits() {
         "--reason",
         "carried over from the old system",
     ]);
+    assert!(
+        output.stdout.contains("at 2026-03-10 11:00:00 UTC."),
+        "prints the time in UTC to the second: {}",
+        output.stdout
+    );
     let report = fixture.json(&[
         "quota",
         "usage",

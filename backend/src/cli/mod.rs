@@ -66,8 +66,22 @@ enum Command {
 pub struct StoreArgs {
     /// The SQLite store file [default: <data dir>/tollgate/tollgate.db, on
     /// Linux ~/.local/share/tollgate/tollgate.db].
-    #[arg(long, env = "TOLLGATE_DB", value_name = "PATH")]
+    #[arg(long, env = "TOLLGATE_DB", value_name = "PATH", value_parser = parse_db_path)]
     pub db: Option<PathBuf>,
+}
+
+/// Parses `--db` or `TOLLGATE_DB`. An empty value usually comes from
+/// `TOLLGATE_DB=` in a shell or service file, so the message names it.
+fn parse_db_path(text: &str) -> Result<PathBuf, String> {
+    if text.trim().is_empty() {
+        return Err(
+            "the store path is empty (TOLLGATE_DB is set to an empty value, or --db is \
+                    given \"\"); set TOLLGATE_DB or --db to the store file, or unset TOLLGATE_DB \
+                    to use the default location"
+                .to_owned(),
+        );
+    }
+    Ok(PathBuf::from(text))
 }
 
 impl StoreArgs {

@@ -122,7 +122,7 @@ pub async fn run(command: UsageCommand) -> anyhow::Result<()> {
         "Recorded {} {} tokens for {user} at {}.",
         display_amount(tokens),
         token_type,
-        at.to_rfc3339()
+        at.format("%Y-%m-%d %H:%M:%S UTC")
     ));
     Ok(())
 }

@@ -1,11 +1,12 @@
 //! `tollgate quota audit`: the audit log of policy changes, unblocks and
 //! usage corrections, newest first.
 
-use tollgate_quota::format_amount;
+use tollgate_quota::policy::normalize_identifier;
+use tollgate_quota::{format_amount, parse_policy_kind};
 
 use super::open_existing_store;
 use crate::cli::{StoreArgs, output, table, user_error};
-use crate::store::{AuditEntry, Store};
+use crate::store::{AuditEntry, PolicyKey, Store};
 
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
@@ -14,13 +15,27 @@ pub struct AuditArgs {
     limit: usize,
     /// Only entries about this target, such as user:ann@example.com,
     /// group:developers or default:default.
-    #[arg(long, value_name = "TARGET")]
+    #[arg(long, value_name = "TARGET", value_parser = parse_target)]
     target: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     store: StoreArgs,
+}
+
+/// Parses `--target` as `KIND:ID` and returns it in the form audit entries
+/// use, with the identifier normalised for its kind.
+fn parse_target(text: &str) -> Result<String, String> {
+    let usage = "use KIND:ID, such as user:ann@example.com, group:developers or default:default";
+    let (kind, identifier) = text
+        .trim()
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} has no KIND: prefix; {usage}"))?;
+    let kind = parse_policy_kind(kind).map_err(|error| format!("{error}; {usage}"))?;
+    let identifier =
+        normalize_identifier(kind, identifier).map_err(|error| format!("{error}; {usage}"))?;
+    Ok(PolicyKey::new(kind, identifier).to_string())
 }
 
 pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
@@ -35,7 +50,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
             .read_audit(usize::MAX)
             .await?
             .into_iter()
-            .filter(|entry| entry.target.eq_ignore_ascii_case(target.trim()))
+            .filter(|entry| entry.target.eq_ignore_ascii_case(target))
             .take(args.limit)
             .collect(),
         None => store.read_audit(args.limit).await?,

@@ -186,6 +186,16 @@ async fn set_policy(
 
     let existing = store.policy(&key).await?;
     let policy = settings.apply(existing.as_ref(), kind, &identifier, Utc::now())?;
+    if let Some(existing) = &existing
+        && transfer::same_settings(existing, &policy)
+    {
+        output::line(&format!(
+            "Unchanged: the {} already has these settings: {}",
+            describe_key(&key),
+            settings::describe_limits(existing)
+        ));
+        return Ok(());
+    }
     let (action, verb) = match existing {
         None => ("policy.create", "Created"),
         Some(_) => ("policy.update", "Updated"),

@@ -522,7 +522,7 @@ enum Step {
 
 /// Reports whether two policies have the same settings: the fields that
 /// exports carry, without the timestamps.
-fn same_settings(a: &Policy, b: &Policy) -> bool {
+pub(super) fn same_settings(a: &Policy, b: &Policy) -> bool {
     a.monthly_limit == b.monthly_limit
         && a.daily_limit == b.daily_limit
         && a.daily_burst == b.daily_burst
