@@ -340,7 +340,14 @@ fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
         location.push_str(&format!(": profile `{profile}`"));
     }
     let plain = match &key {
+        Some(key) if message.starts_with("duplicate key") => {
+            Some(format!("`{key}` is set twice; keep one of the lines"))
+        }
         Some(key) => describe_type_error(key, message),
+        None if message.starts_with("duplicate key") => Some(format!(
+            "the table `{}` appears twice; merge the two tables",
+            line_text.trim()
+        )),
         None => None,
     };
     let plain = plain.or_else(|| {
@@ -661,6 +668,16 @@ fail_mode = "closed"
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn duplicate_key_named() {
+        let message = error_for(
+            "region = \"us-east-1\"",
+            "region = \"us-east-1\"\nregion = \"eu-west-1\"",
+        );
+        assert!(message.contains("`region`"), "{message}");
+        assert!(message.contains("twice"), "{message}");
     }
 
     #[test]

@@ -95,8 +95,10 @@ pub fn time_with_distance(value: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let left = value - now;
     let distance = if left.num_seconds() <= 0 {
         "passed".to_string()
+    } else if left.num_minutes() < 1 {
+        "in less than a minute".to_string()
     } else if left.num_minutes() < 120 {
-        format!("in {} min", left.num_minutes().max(1))
+        format!("in {} min", left.num_minutes())
     } else if left.num_hours() < 48 {
         format!("in {} h", left.num_hours())
     } else {
@@ -247,6 +249,15 @@ pub fn use_color(is_terminal: bool, no_color: Option<std::ffi::OsString>) -> boo
 mod tests {
     use super::*;
     use tollgate_protocol::check::{PolicyRef, Reason, Usage};
+
+    #[test]
+    fn seconds_left_read_as_less_than_minute() {
+        let now = Utc::now();
+        let text = time_with_distance(now + chrono::Duration::seconds(2), now);
+        assert!(text.ends_with("(in less than a minute)"), "{text}");
+        let text = time_with_distance(now + chrono::Duration::seconds(90), now);
+        assert!(text.ends_with("(in 1 min)"), "{text}");
+    }
 
     fn period(tokens: u64, limit: Option<u64>) -> PeriodUsage {
         PeriodUsage {

@@ -113,7 +113,7 @@ fn logout_uses_only_profile() {
     let output = setup.run(&["logout"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(
-        text(&output.stdout).contains("Logged out of profile `bedrock`"),
+        text(&output.stdout).contains("Profile `bedrock` was not logged in"),
         "{}",
         text(&output.stdout)
     );

@@ -117,14 +117,28 @@ pub fn write_text(text: &str) -> io::Result<()> {
 
 /// Copies a progress note from the agent to stderr as one line.
 pub fn print_progress(message: &str, url: Option<&str>) {
+    write_stderr(&progress_line(message, url));
+}
+
+/// Formats a progress note, appending the note's URL when the message does
+/// not contain it. When the message already shows another URL (the device
+/// login's verification page), the note's URL is an alternative link and
+/// follows as its own clause, so it does not run into the user code.
+fn progress_line(message: &str, url: Option<&str>) -> String {
     let mut line = String::from("tollgate: ");
     push_sanitized(&mut line, message);
     if let Some(url) = url.filter(|url| !message.contains(url)) {
-        line.push(' ');
-        push_sanitized(&mut line, url);
+        if message.contains("http://") || message.contains("https://") {
+            line.push_str(", or open ");
+            push_sanitized(&mut line, url);
+            line.push_str(" directly");
+        } else {
+            line.push(' ');
+            push_sanitized(&mut line, url);
+        }
     }
     line.push('\n');
-    write_stderr(&line);
+    line
 }
 
 /// Prints a failure: its message, one line per cause, then the hint.
@@ -175,6 +189,25 @@ mod tests {
                 .unwrap()
                 .with_timezone(&Utc),
         }
+    }
+
+    #[test]
+    fn progress_line_separates_link() {
+        let line = progress_line(
+            "To log in, open http://127.0.0.1:9/device on any device and enter the code PXZG-HPQL",
+            Some("http://127.0.0.1:9/device?user_code=PXZG-HPQL"),
+        );
+        assert!(
+            line.ends_with(
+                "enter the code PXZG-HPQL, or open http://127.0.0.1:9/device?user_code=PXZG-HPQL directly\n"
+            ),
+            "{line}"
+        );
+        let line = progress_line(
+            "open http://127.0.0.1:9/auth",
+            Some("http://127.0.0.1:9/auth"),
+        );
+        assert_eq!(line, "tollgate: open http://127.0.0.1:9/auth\n");
     }
 
     #[test]

@@ -112,9 +112,11 @@ fn abandoned_login_blocks_nothing() -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    wait_for("the login to open the browser", Duration::from_secs(60), || {
-        Ok((stack.browser_urls().len() == 2).then_some(()))
-    })?;
+    wait_for(
+        "the login to open the browser",
+        Duration::from_secs(60),
+        || Ok((stack.browser_urls().len() == 2).then_some(())),
+    )?;
 
     // The cached credentials are still valid, so they come at once.
     let asked = Instant::now();
@@ -130,7 +132,12 @@ fn abandoned_login_blocks_nothing() -> Result<()> {
     wait_for(
         "the agent to cancel the abandoned login",
         Duration::from_secs(30),
-        || Ok(stack.agent_log().contains("cancelling the login").then_some(())),
+        || {
+            Ok(stack
+                .agent_log()
+                .contains("cancelling the login")
+                .then_some(()))
+        },
     )?;
 
     // A new login can bind the callback port again and finishes.

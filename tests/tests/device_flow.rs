@@ -154,7 +154,7 @@ impl DeviceLogin {
 
 /// Returns the verification URL and the user code from the agent's
 /// instruction line, `... open URL on any device and enter the code CODE`.
-/// The shim appends the complete verification URL to that line.
+/// The shim appends `, or open COMPLETE_URL directly` to that line.
 fn instructions(line: &str) -> Option<(String, String)> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let url = words
@@ -164,7 +164,7 @@ fn instructions(line: &str) -> Option<(String, String)> {
     let user_code = words.get(code_at + 1)?;
     Some((
         url.trim_end_matches(',').to_owned(),
-        (*user_code).to_owned(),
+        user_code.trim_end_matches(',').to_owned(),
     ))
 }
 

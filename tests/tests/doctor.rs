@@ -276,3 +276,37 @@ fn doctor_reports_wrapper_for_other_profile() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn doctor_lists_profiles_to_pick() -> Result<()> {
+    let stack = Stack::builder()
+        .profile(ProfileSpec::new("bedrock"))
+        .profile(ProfileSpec::new("batch"))
+        .start()?;
+    let output = stack.agent_cli(&["doctor"])?;
+    let lines = check_lines(&output, "config");
+    assert!(!lines[0].starts_with("FAIL"), "{lines:?}");
+    assert!(lines[0].contains(stack.profile("bedrock")), "{lines:?}");
+    assert!(lines[0].contains(stack.profile("batch")), "{lines:?}");
+    assert!(lines[1].contains("--profile"), "{lines:?}");
+    let skipped = check_lines(&output, "identity provider");
+    assert!(skipped[0].starts_with("skip"), "{skipped:?}");
+    assert!(!skipped[0].contains("invalid"), "{skipped:?}");
+    Ok(())
+}
+
+#[test]
+fn doctor_fix_names_invalid_key() -> Result<()> {
+    let stack = doctor_stack("xena")?;
+    let text = fs::read_to_string(stack.config_path())?;
+    let port = format!("redirect_port = {}", stack.redirect_port("bedrock"));
+    assert!(text.contains(&port), "{text}");
+    stack.write_config_text(&text.replace(&port, "redirect_port = 0"))?;
+    let output = doctor(&stack)?;
+    let lines = check_lines(&output, "config");
+    assert!(lines[0].starts_with("FAIL"), "{lines:?}");
+    assert!(lines[1].contains("`redirect_port`"), "{lines:?}");
+    assert!(lines[1].contains("1 to 65535"), "{lines:?}");
+    assert!(!lines[1].contains("readable TOML file"), "{lines:?}");
+    Ok(())
+}

@@ -102,7 +102,10 @@ fn page_renders_warning_and_block() -> Result<()> {
     // The scripted browser exits with an error for a page that is no
     // login, so the agent logs a failed launch. The page's secret last
     // path segment must not be in that line or any other.
-    let secret = url.rsplit_once('/').map(|(_, last)| last).unwrap_or_default();
+    let secret = url
+        .rsplit_once('/')
+        .map(|(_, last)| last)
+        .unwrap_or_default();
     assert!(secret.len() >= 16, "the page path has a secret part: {url}");
     wait_for(
         "the agent to log the failed status page launch",

@@ -8,7 +8,9 @@ mod aws_files;
 mod local;
 mod network;
 
-use crate::config::{self, Profile};
+use std::path::Path;
+
+use crate::config::{self, ConfigError, Profile};
 
 /// The result of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +75,8 @@ impl Check {
 pub async fn run(profile: Option<&str>) -> Vec<Check> {
     let mut checks = Vec::new();
     let path = config::config_path(|name| std::env::var_os(name));
+    // Why the profile checks are skipped, when they are.
+    let mut skip_reason = "skipped because the config is invalid";
     let profile = match config::load(&path) {
         Ok(config) => match config.default_profile(profile) {
             Ok(found) => {
@@ -87,7 +91,26 @@ pub async fn run(profile: Option<&str>) -> Vec<Check> {
                 ));
                 Some(found.clone())
             }
+            Err(ConfigError::AmbiguousProfile { configured, .. }) => {
+                skip_reason = "skipped because no profile was picked";
+                checks.push(Check::warn(
+                    "config",
+                    format!(
+                        "`{}` is valid and has {} profiles ({}); doctor checks one profile at a time",
+                        path.display(),
+                        configured.len(),
+                        configured.join(", ")
+                    ),
+                    format!(
+                        "run `tollgate-agent doctor --profile NAME` with NAME one of {}, or set {}",
+                        configured.join(", "),
+                        config::PROFILE_ENV
+                    ),
+                ));
+                None
+            }
             Err(error) => {
+                skip_reason = "skipped because the requested profile is not configured";
                 checks.push(Check::fail(
                     "config",
                     error.to_string(),
@@ -97,15 +120,8 @@ pub async fn run(profile: Option<&str>) -> Vec<Check> {
             }
         },
         Err(error) => {
-            checks.push(Check::fail(
-                "config",
-                error.to_string(),
-                format!(
-                    "make `{}` a readable TOML file with a [profiles.NAME] table, or set {} to one",
-                    path.display(),
-                    config::CONFIG_ENV
-                ),
-            ));
+            let fix = config_fix(&error, &path);
+            checks.push(Check::fail("config", error.to_string(), fix));
             None
         }
     };
@@ -115,12 +131,45 @@ pub async fn run(profile: Option<&str>) -> Vec<Check> {
 
     let Some(profile) = profile else {
         for name in ["identity provider", "quota backend", "clock", "aws config"] {
-            checks.push(Check::skip(name, "skipped because the config is invalid"));
+            checks.push(Check::skip(name, skip_reason));
         }
         return checks;
     };
     checks.extend(profile_checks(&profile).await);
     checks
+}
+
+/// Returns the fix for a config file that failed to load. For an invalid
+/// value it names the key, the profile and the advice from the message.
+fn config_fix(error: &ConfigError, path: &Path) -> String {
+    match error {
+        ConfigError::Invalid { message, .. } => match invalid_key_advice(message) {
+            Some((profile, key, advice)) => format!(
+                "edit `{key}` in [profiles.{profile}] of `{}`: {advice}",
+                path.display()
+            ),
+            None => format!("edit `{}` as the message above says", path.display()),
+        },
+        ConfigError::Syntax { .. } => format!(
+            "edit `{}` at the line and column above, then run doctor again",
+            path.display()
+        ),
+        _ => format!(
+            "make `{}` a readable TOML file with a [profiles.NAME] table, or set {} to one",
+            path.display(),
+            config::CONFIG_ENV
+        ),
+    }
+}
+
+/// Splits a validation message of the form ``profile `P`: `KEY` ...; ADVICE``
+/// into the profile, the key and the advice.
+fn invalid_key_advice(message: &str) -> Option<(&str, &str, &str)> {
+    let rest = message.strip_prefix("profile `")?;
+    let (profile, rest) = rest.split_once("`: `")?;
+    let (key, rest) = rest.split_once('`')?;
+    let (_, advice) = rest.split_once("; ")?;
+    Some((profile, key, advice))
 }
 
 async fn profile_checks(profile: &Profile) -> Vec<Check> {
@@ -146,4 +195,22 @@ async fn profile_checks(profile: &Profile) -> Vec<Check> {
     checks.push(network::clock(&dates));
     checks.extend(aws_files::check(profile));
     checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fix_names_invalid_key() {
+        let error = ConfigError::Invalid {
+            path: "/home/x/agent.toml".into(),
+            message: "profile `bedrock`: `redirect_port` = 0 is out of range; use 1 to 65535"
+                .into(),
+        };
+        assert_eq!(
+            config_fix(&error, Path::new("/home/x/agent.toml")),
+            "edit `redirect_port` in [profiles.bedrock] of `/home/x/agent.toml`: use 1 to 65535"
+        );
+    }
 }

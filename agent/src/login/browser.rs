@@ -35,7 +35,9 @@ pub fn open_in_background(url: String, profile: String, progress: Progress) {
         Err(error) => {
             // The opener's error quotes the URL, whose query carries the
             // login's state and PKCE challenge.
-            let endpoint = url.split_once('?').map_or(url.as_str(), |(endpoint, _)| endpoint);
+            let endpoint = url
+                .split_once('?')
+                .map_or(url.as_str(), |(endpoint, _)| endpoint);
             let logged = error.to_string().replace(&url, endpoint);
             tracing::warn!(profile = %profile, error = %logged, "could not open a browser for the login");
             progress.send(

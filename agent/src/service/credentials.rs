@@ -60,8 +60,7 @@ impl Agent {
                 // profile's lock: other requests meanwhile get cached
                 // credentials or join the login.
                 drop(flight);
-                let device_code =
-                    use_device_code(profile.login, false, LoginSession::current());
+                let device_code = use_device_code(profile.login, false, LoginSession::current());
                 self.join_login(&profile, &state, progress, device_code, true)
                     .await?;
                 return Box::pin(self.get_credentials(name, false, progress)).await;
@@ -307,8 +306,7 @@ impl Agent {
                         Ok(pending.join(progress, outlives_clients))
                     }
                     None => {
-                        let pending =
-                            PendingLogin::new(&profile.name, self.shutdown.child_token());
+                        let pending = PendingLogin::new(&profile.name, self.shutdown.child_token());
                         *slot = Some(pending.clone());
                         let waiter = pending.join(progress, outlives_clients);
                         self.spawn_login(profile.clone(), state.clone(), pending, device_code);

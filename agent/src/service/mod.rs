@@ -265,8 +265,21 @@ impl Agent {
         let config = self.config.current()?;
         let profile = config.profile(name)?;
         let state = self.profile_state(profile).await;
-        state.session().clear();
+        let was_logged_in = {
+            let mut session = state.session();
+            let was_logged_in = !session.stored.is_empty();
+            session.clear();
+            was_logged_in
+        };
         self.persist(name, StoredSession::default()).await;
+        if !was_logged_in {
+            tracing::debug!(profile = name, "logout without a login");
+            return Ok(Response::Done {
+                message: format!(
+                    "Profile `{name}` was not logged in; there were no tokens or AWS credentials to remove."
+                ),
+            });
+        }
         tracing::info!(profile = name, "logged out");
         Ok(Response::Done {
             message: format!(

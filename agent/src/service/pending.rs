@@ -186,12 +186,21 @@ mod tests {
         let sink = pending.progress_sink();
         let (first, mut first_notes) = listener();
         let first_waiter = pending.join(&first, false);
-        sink.send("open the page".into(), Some("http://127.0.0.1:9/device".into()));
-        assert_eq!(next_url(&mut first_notes).await, "http://127.0.0.1:9/device");
+        sink.send(
+            "open the page".into(),
+            Some("http://127.0.0.1:9/device".into()),
+        );
+        assert_eq!(
+            next_url(&mut first_notes).await,
+            "http://127.0.0.1:9/device"
+        );
 
         let (second, mut second_notes) = listener();
         let second_waiter = pending.join(&second, false);
-        assert_eq!(next_url(&mut second_notes).await, "http://127.0.0.1:9/device");
+        assert_eq!(
+            next_url(&mut second_notes).await,
+            "http://127.0.0.1:9/device"
+        );
 
         pending.finish(Ok(tokens(Utc::now() + Duration::hours(1))));
         assert!(first_waiter.result().await.is_ok(), "first waiter");

@@ -982,3 +982,46 @@ async fn info_log_quiet_per_request() {
         String::from_utf8_lossy(&captured.0.lock().unwrap()[after_first..])
     );
 }
+
+#[tokio::test]
+async fn second_logout_says_not_logged_in() {
+    let fixture = Fixture::new(&config_text(None, 30, "closed"));
+    fixture.seed_login().await;
+    let logout = || {
+        fixture.agent.handle(
+            RequestBody::Logout {
+                profile: "bedrock".into(),
+            },
+            Progress::none(),
+        )
+    };
+    match logout().await {
+        Response::Done { message } => assert!(message.starts_with("Logged out"), "{message}"),
+        other => panic!("expected done, got {other:?}"),
+    }
+    match logout().await {
+        Response::Done { message } => {
+            assert!(message.contains("was not logged in"), "{message}")
+        }
+        other => panic!("expected done, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn no_login_starts_during_shutdown() {
+    let fixture = Fixture::new(&config_text(None, 30, "closed"));
+    fixture.agent.shutdown.cancel();
+    let body = error(
+        fixture
+            .agent
+            .handle(
+                RequestBody::GetCredentials {
+                    profile: "bedrock".into(),
+                    interactive: true,
+                },
+                Progress::none(),
+            )
+            .await,
+    );
+    assert!(body.message.contains("shutting down"), "{}", body.message);
+}
