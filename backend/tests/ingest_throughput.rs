@@ -32,7 +32,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
     metric::Data, number_data_point,
 };
 use prost::Message;
-use tollgate_backend::ingest::batch::{PointValue, UsageBatch, UsagePoint};
+use tollgate_backend::ingest::batch::{PointValue, UsageBatch, UsageGroup, UsagePoint};
 use tollgate_backend::store::Store;
 use tollgate_backend::store::sqlite::SqliteStore;
 
@@ -315,6 +315,80 @@ async fn ingest_throughput() {
     run_http("JSON, 4-point requests", 10_000, 4, true, 32).await;
     run_http("protobuf, 4-point requests", 60_000, 4, false, 128).await;
     store_throughput().await;
+    group_throughput("store alone, 4-point batches in groups of 32", 2_000, 32, 4).await;
+}
+
+/// Builds a Claude Code-shaped delta point. Its identity is unique for
+/// each `serial`.
+fn store_point(serial: u64, index: usize, end: chrono::DateTime<Utc>) -> UsagePoint {
+    let mut digest = [0u8; 32];
+    // Identities start with the end time, as ingest builds them.
+    digest[..8].copy_from_slice(&serial.to_be_bytes());
+    digest[8..16].copy_from_slice(&serial.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+    UsagePoint {
+        id: digest,
+        end,
+        type_name: TYPES[index % 4].to_owned(),
+        counted_as: TYPES[index % 4].parse().ok(),
+        model: "us.anthropic.claude-sonnet-4-5-20250929-v1:0".to_owned(),
+        value: PointValue::Delta(7),
+    }
+}
+
+/// Measures the group write of the ingest writer alone: `groups` groups
+/// of `per_group` batches of `per_batch` points, each batch from one of 16
+/// users, as the ingest writer groups them when many requests wait. Prints
+/// the rate and the CPU time per point of this process, which does nothing
+/// else meanwhile.
+async fn group_throughput(name: &str, groups: usize, per_group: usize, per_batch: usize) {
+    if std::env::var("INGEST_BENCH").is_ok_and(|only| !name.contains(only.as_str())) {
+        return;
+    }
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let store = SqliteStore::open(&folder.path().join("store.db")).expect("the store opens");
+    let now = Utc::now();
+    let mut serial = 0u64;
+    let all_groups: Vec<UsageGroup> = (0..groups)
+        .map(|_| UsageGroup {
+            batches: (0..per_group)
+                .map(|batch| UsageBatch {
+                    user: format!("store-{}@example.com", batch % 16),
+                    points: (0..per_batch)
+                        .map(|index| {
+                            serial += 1;
+                            store_point(serial, index, now)
+                        })
+                        .collect(),
+                    alerting: None,
+                })
+                .collect(),
+            prune: None,
+        })
+        .collect();
+
+    let cpu_before = cpu_seconds("self");
+    let started = Instant::now();
+    for group in all_groups {
+        let outcome = store
+            .record_usage_group(group)
+            .await
+            .expect("the group is recorded");
+        for batch in outcome.batches {
+            assert_eq!(batch.expect("the batch is recorded").recorded, per_batch);
+        }
+    }
+    let elapsed = started.elapsed();
+    let cpu = cpu_seconds("self") - cpu_before;
+
+    let points = groups * per_group * per_batch;
+    println!(
+        "{name}: {groups} groups in {:.2} s: {:.0} points/s, CPU {:.2} µs/point; \
+         load average {}",
+        elapsed.as_secs_f64(),
+        points as f64 / elapsed.as_secs_f64(),
+        cpu * 1e6 / points as f64,
+        load_average()
+    );
 }
 
 /// Measures the store's batch write alone, without HTTP, tokens or decoding.

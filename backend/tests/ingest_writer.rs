@@ -578,3 +578,77 @@ async fn counter_sums_saturate_at_i64_max() {
         "the monthly counter too"
     );
 }
+
+#[tokio::test]
+async fn failing_batch_is_rolled_back_alone() {
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let path = folder.path().join("store.db");
+    let store = SqliteStore::open(&path).expect("the store opens");
+    // A trigger makes every write of the model "poison" fail, so the
+    // second batch fails after its point identity is inserted.
+    rusqlite::Connection::open(&path)
+        .expect("the store file opens")
+        .execute_batch(
+            "CREATE TRIGGER poison BEFORE INSERT ON usage_models WHEN NEW.model = 'poison'
+             BEGIN SELECT RAISE(ABORT, 'poisoned model'); END;",
+        )
+        .expect("the trigger is created");
+    let now = Utc::now();
+    let mut poisoned = usage_point(2, now, 20);
+    poisoned.model = "poison".to_owned();
+    let outcome = store
+        .record_usage_group(UsageGroup {
+            batches: vec![
+                batch("first@example.com", vec![usage_point(1, now, 10)]),
+                batch("poisoned@example.com", vec![poisoned]),
+                batch("third@example.com", vec![usage_point(3, now, 30)]),
+            ],
+            prune: None,
+        })
+        .await
+        .expect("the group is recorded");
+
+    assert_eq!(outcome.batches.len(), 3);
+    assert_eq!(
+        outcome.batches[0].as_ref().expect("first batch").recorded,
+        1
+    );
+    let error = outcome.batches[1]
+        .as_ref()
+        .expect_err("the poisoned batch fails");
+    let mut messages = vec![error.to_string()];
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        messages.push(cause.to_string());
+        source = cause.source();
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|message| message.contains("poisoned model")),
+        "{messages:?}"
+    );
+    assert_eq!(
+        outcome.batches[2].as_ref().expect("third batch").recorded,
+        1
+    );
+    let daily = |user: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .usage(user, now)
+                .await
+                .expect("usage reads")
+                .daily
+                .input
+        }
+    };
+    assert_eq!(daily("first@example.com").await, 10);
+    assert_eq!(daily("poisoned@example.com").await, 0);
+    assert_eq!(daily("third@example.com").await, 30);
+    assert_eq!(
+        identity_count(&path),
+        2,
+        "the poisoned batch's identity is rolled back"
+    );
+}

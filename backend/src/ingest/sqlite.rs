@@ -140,11 +140,61 @@ pub fn record_batch(
 }
 
 /// Records every batch of `group` and runs its prune in one `BEGIN
-/// IMMEDIATE` transaction, so the group pays for one commit. Each batch is
-/// recorded in a savepoint: a batch that fails is rolled back alone and
-/// gets its error, and the other batches are kept. Batches are applied in
-/// order, so alerts see the usage of the batches before them.
+/// IMMEDIATE` transaction, so the group pays for one commit. A batch that
+/// fails is rolled back alone and gets its error, and the other batches are
+/// kept. Batches are applied in order, so alerts see the usage of the
+/// batches before them.
+///
+/// The batches are first written without savepoints, because a savepoint
+/// per batch copies every page it changes to the statement journal, which
+/// costs as much as the writes of a small batch. Only when a batch fails is
+/// the transaction rolled back and the group written again with one
+/// savepoint per batch, by [`record_group_isolated`].
 pub fn record_group(
+    connection: &mut Connection,
+    group: &UsageGroup,
+) -> rusqlite::Result<GroupOutcome> {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcome = GroupOutcome {
+        batches: Vec::with_capacity(group.batches.len()),
+        pruned: 0,
+    };
+    for (index, batch) in group.batches.iter().enumerate() {
+        let identity = match Identity::parse(&batch.user) {
+            Ok(identity) => identity,
+            Err(error) => {
+                outcome
+                    .batches
+                    .push(Err(StoreError::InvalidInput(error.to_string())));
+                continue;
+            }
+        };
+        match record_in(&transaction, batch, &identity) {
+            Ok(recorded) => outcome.batches.push(Ok(recorded)),
+            Err(error) => {
+                tracing::warn!(
+                    batch = index,
+                    batches = group.batches.len(),
+                    user = batch.user,
+                    "recording a batch of a usage group failed ({error}); writing the group \
+                     again with one savepoint per batch"
+                );
+                // Dropping the transaction rolls back every batch of the group.
+                drop(transaction);
+                return record_group_isolated(connection, group);
+            }
+        }
+    }
+    if let Some(prune) = &group.prune {
+        outcome.pruned = prune_points(&transaction, prune)?;
+    }
+    transaction.commit()?;
+    Ok(outcome)
+}
+
+/// Records `group` like [`record_group`], with each batch in its own
+/// savepoint, so a batch that fails is rolled back alone.
+fn record_group_isolated(
     connection: &mut Connection,
     group: &UsageGroup,
 ) -> rusqlite::Result<GroupOutcome> {
@@ -274,12 +324,13 @@ fn write_counters(
     daily: &HashMap<(NaiveDate, TokenType), u64>,
     models: &HashMap<(NaiveDate, &str, &str), u64>,
 ) -> rusqlite::Result<()> {
+    let mut keys = PeriodKeys::default();
     let mut monthly: HashMap<(Month, TokenType), u64> = HashMap::new();
     let mut add_daily = transaction.prepare_cached(ADD_DAILY_SQL)?;
     for ((date, token_type), tokens) in daily {
         add_daily.execute(params![
             user,
-            day_key(*date),
+            keys.day(*date),
             token_type.as_str(),
             sql_integer(*tokens)
         ])?;
@@ -290,7 +341,7 @@ fn write_counters(
     for ((month, token_type), tokens) in &monthly {
         add_monthly.execute(params![
             user,
-            month_key(*month),
+            keys.month(*month),
             token_type.as_str(),
             sql_integer(*tokens)
         ])?;
@@ -299,13 +350,38 @@ fn write_counters(
     for ((date, model, type_name), tokens) in models {
         add_model.execute(params![
             user,
-            day_key(*date),
+            keys.day(*date),
             model,
             type_name,
             sql_integer(*tokens)
         ])?;
     }
     Ok(())
+}
+
+/// The day and month keys of the last date formatted. The points of a
+/// batch almost always share one day, so each key is formatted once per
+/// batch instead of once per counter.
+#[derive(Default)]
+struct PeriodKeys {
+    day: Option<(NaiveDate, String)>,
+    month: Option<(Month, String)>,
+}
+
+impl PeriodKeys {
+    fn day(&mut self, date: NaiveDate) -> &str {
+        if self.day.as_ref().is_none_or(|(last, _)| *last != date) {
+            self.day = Some((date, day_key(date)));
+        }
+        self.day.as_ref().map_or("", |(_, key)| key.as_str())
+    }
+
+    fn month(&mut self, month: Month) -> &str {
+        if self.month.as_ref().is_none_or(|(last, _)| *last != month) {
+            self.month = Some((month, month_key(month)));
+        }
+        self.month.as_ref().map_or("", |(_, key)| key.as_str())
+    }
 }
 
 /// Returns the usage of the UTC day `today` and its month before and after
