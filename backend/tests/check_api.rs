@@ -562,3 +562,49 @@ async fn health_warns_without_enabled_default() {
     assert_eq!(health["policies"], 2);
     assert!(health.get("warning").is_none(), "{health}");
 }
+
+#[tokio::test]
+async fn unknown_route_and_method_get_json_errors() {
+    let key = SigningKey::rsa("rsa-1");
+    let issuer = TestIssuer::start(&[&key]).await;
+    let backend = Backend::start(&issuer.url).await;
+
+    let response = backend
+        .http
+        .get(format!("{}/v1/nope", backend.url))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status().as_u16(), 404);
+    let body: Value = response.json().await.expect("a JSON 404 body");
+    assert_eq!(body["error"], "not_found", "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("/v1/nope"), "{body}");
+    assert!(message.contains("GET /v1/check"), "{body}");
+
+    let response = backend
+        .http
+        .post(format!("{}/v1/check", backend.url))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status().as_u16(), 405);
+    let allow = response
+        .headers()
+        .get("allow")
+        .map(|value| value.to_str().unwrap_or_default().to_owned());
+    let body: Value = response.json().await.expect("a JSON 405 body");
+    assert_eq!(body["error"], "method_not_allowed", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("POST"),
+        "{body}"
+    );
+    assert!(
+        allow.as_deref().is_some_and(|allow| allow.contains("GET")),
+        "the Allow header lists GET: {allow:?}"
+    );
+    assert_eq!(backend.store.calls(), 0, "no store read");
+}

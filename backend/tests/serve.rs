@@ -51,6 +51,7 @@ async fn serve_runs_and_stops_on_sigterm() {
     let issuer = TestIssuer::start(&[&key]).await;
     let folder = tempfile::tempdir().expect("a temporary folder");
     let port_file = folder.path().join("port");
+    let log_path = folder.path().join("serve.log");
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["serve", "--listen", "127.0.0.1:0", "--port-file"])
@@ -58,9 +59,10 @@ async fn serve_runs_and_stops_on_sigterm() {
         .env("TOLLGATE_DB", folder.path().join("serve.db"))
         .env("TOLLGATE_ISSUER", &issuer.url)
         .env("TOLLGATE_AUDIENCE", AUDIENCE)
-        .env("TOLLGATE_LOG", "warn")
+        .env("TOLLGATE_LOG", "info")
+        .env("NO_COLOR", "1")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("the log file"))
         .spawn()
         .expect("tollgate serve starts");
 
@@ -81,6 +83,13 @@ async fn serve_runs_and_stops_on_sigterm() {
         folder.path().join("serve.db").exists(),
         "the store file is created"
     );
+    // The server logs "listening" before it serves the first request.
+    let log = std::fs::read_to_string(&log_path).expect("the log is readable");
+    assert!(
+        log.contains(&format!("address={address}")),
+        "the log names the bound address plainly: {log}"
+    );
+    assert!(!log.contains("Some("), "no Debug wrapper in the log: {log}");
 
     let response = http
         .get(format!("http://{address}/v1/check"))

@@ -224,8 +224,14 @@ impl AlertRecord {
             enforcement = enforcement_name(self.enforcement),
             dedup_key = %self.dedup_key,
             "{}",
-            self.text()
+            self.log_text()
         );
+    }
+
+    /// Returns [`Self::text`] on one line, its lines joined with ` | `, so
+    /// that each alert is one log record for line-based log collectors.
+    pub fn log_text(&self) -> String {
+        self.text().lines().collect::<Vec<_>>().join(" | ")
     }
 }
 
@@ -296,6 +302,12 @@ mod tests {
         let limit = &alerts[2];
         assert_eq!(limit.tokens, 120_000);
         assert_eq!(limit.percent, 120.0);
+        let log_text = limit.log_text();
+        assert!(!log_text.contains('\n'), "one log line: {log_text}");
+        assert!(
+            log_text.contains("| Unblock: `tollgate quota unblock ann@example.com"),
+            "{log_text}"
+        );
         let text = limit.text();
         for expected in [
             "ann@example.com",

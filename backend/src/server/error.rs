@@ -56,7 +56,7 @@ impl IntoResponse for AuthError {
     }
 }
 
-fn json_error(status: StatusCode, code: &str, message: String) -> Response {
+pub(super) fn json_error(status: StatusCode, code: &str, message: String) -> Response {
     (
         status,
         Json(ErrorBody {

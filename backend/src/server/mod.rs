@@ -63,8 +63,39 @@ pub fn router_with_ingest(state: AppState, ingest: IngestSettings) -> Router {
             "/v1/metrics",
             post(crate::ingest::handler::export_metrics).layer(Extension(Arc::new(ingest))),
         )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(trace::trace_request))
         .with_state(state)
+}
+
+/// Returns the 404 JSON error for a path without a route.
+async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
+    error::json_error(
+        axum::http::StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no route for {}; the routes are GET /health, GET /v1/check and POST /v1/metrics",
+            uri.path()
+        ),
+    )
+}
+
+/// Returns the 405 JSON error for a known path requested with another
+/// method. axum adds the `Allow` header.
+async fn method_not_allowed(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> axum::response::Response {
+    error::json_error(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} does not accept {method}; the routes are GET /health, GET /v1/check and POST \
+             /v1/metrics",
+            uri.path()
+        ),
+    )
 }
 
 /// Binds `address` and writes the bound `host:port` to `port_file`, if
@@ -101,8 +132,10 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let address = listener.local_addr().ok();
-    tracing::info!(address = ?address, "listening");
+    match listener.local_addr() {
+        Ok(address) => tracing::info!(%address, "listening"),
+        Err(error) => tracing::info!(%error, "listening on an address that cannot be read"),
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
