@@ -290,13 +290,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         });
     }
     let mut profiles = BTreeMap::new();
+    let mut errors = Vec::new();
     for (name, raw_profile) in raw.profiles {
-        let profile =
-            validate_profile(&name, raw_profile).map_err(|message| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                message: format!("profile `{name}`: {message}"),
-            })?;
-        profiles.insert(name, profile);
+        match validate_profile(&name, raw_profile) {
+            Ok(profile) => {
+                profiles.insert(name, profile);
+            }
+            Err(messages) => errors.extend(
+                messages
+                    .into_iter()
+                    .map(|message| format!("profile `{name}`: {message}")),
+            ),
+        }
+    }
+    if !errors.is_empty() {
+        // One line per invalid setting, so that one edit can fix them all.
+        return Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: errors.join("\n"),
+        });
     }
     Ok(Config {
         path: path.to_path_buf(),
@@ -405,61 +417,99 @@ fn example_url(key: &str) -> &'static str {
     }
 }
 
-fn validate_profile(name: &str, raw: RawProfile) -> Result<Profile, String> {
-    parse_http_url("issuer", &raw.issuer)?;
+/// Keeps the value of a passed check, or adds the failed check's message to
+/// `errors`.
+fn collect<T>(errors: &mut Vec<String>, result: Result<T, String>) -> Option<T> {
+    result.map_err(|error| errors.push(error)).ok()
+}
+
+/// Validates one profile and returns every invalid setting's message, not
+/// only the first.
+fn validate_profile(name: &str, raw: RawProfile) -> Result<Profile, Vec<String>> {
+    let mut errors = Vec::new();
+    collect(&mut errors, parse_http_url("issuer", &raw.issuer));
     if let Some(endpoint) = &raw.sts_endpoint {
-        parse_http_url("sts_endpoint", endpoint)?;
+        collect(&mut errors, parse_http_url("sts_endpoint", endpoint));
     }
     if let Some(quota_url) = &raw.quota_url {
-        parse_http_url("quota_url", quota_url)?;
+        collect(&mut errors, parse_http_url("quota_url", quota_url));
     }
     if raw.client_id.trim().is_empty() {
-        return Err(
+        errors.push(
             "`client_id` is empty; set it to the client id registered with the identity provider"
                 .into(),
         );
     }
     if !raw.scopes.iter().any(|scope| scope == "openid") {
-        return Err(format!(
+        errors.push(format!(
             "`scopes` = {:?} lacks \"openid\"; an ID token is only issued for the openid scope, so add it",
             raw.scopes
         ));
     }
-    validate_role_arn(&raw.role_arn)?;
-    validate_region(&raw.region)?;
-    let redirect_port = in_range(
-        "redirect_port",
-        raw.redirect_port,
-        1,
-        65535,
-        "use 1 to 65535",
-    )?;
-    let session_duration_minutes = in_range(
-        "session_duration_minutes",
-        raw.session_duration_minutes,
-        15,
-        720,
-        "use 15 to 720 (STS allows 15 minutes to 12 hours, and the role's maximum session duration must allow it)",
-    )?;
-    let quota_recheck_minutes = in_range(
-        "quota_recheck_minutes",
-        raw.quota_recheck_minutes,
-        0,
-        60,
-        "use 0 to 60",
-    )?;
-    let login_timeout_seconds = in_range(
-        "login_timeout_seconds",
-        raw.login_timeout_seconds,
-        10,
-        3600,
-        "use 10 to 3600",
-    )?;
+    collect(&mut errors, validate_role_arn(&raw.role_arn));
+    collect(&mut errors, validate_region(&raw.region));
+    let redirect_port = collect(
+        &mut errors,
+        in_range(
+            "redirect_port",
+            raw.redirect_port,
+            1,
+            65535,
+            "use 1 to 65535",
+        ),
+    );
+    let session_duration_minutes = collect(
+        &mut errors,
+        in_range(
+            "session_duration_minutes",
+            raw.session_duration_minutes,
+            15,
+            720,
+            "use 15 to 720 (STS allows 15 minutes to 12 hours, and the role's maximum session duration must allow it)",
+        ),
+    );
+    let quota_recheck_minutes = collect(
+        &mut errors,
+        in_range(
+            "quota_recheck_minutes",
+            raw.quota_recheck_minutes,
+            0,
+            60,
+            "use 0 to 60",
+        ),
+    );
+    let login_timeout_seconds = collect(
+        &mut errors,
+        in_range(
+            "login_timeout_seconds",
+            raw.login_timeout_seconds,
+            10,
+            3600,
+            "use 10 to 3600",
+        ),
+    );
     if raw.identity_claim.trim().is_empty() {
-        return Err(
+        errors.push(
             "`identity_claim` is empty; use a claim of the ID token such as \"email\" or \"sub\""
                 .into(),
         );
+    }
+    let (
+        Some(redirect_port),
+        Some(session_duration_minutes),
+        Some(quota_recheck_minutes),
+        Some(login_timeout_seconds),
+    ) = (
+        redirect_port,
+        session_duration_minutes,
+        quota_recheck_minutes,
+        login_timeout_seconds,
+    )
+    else {
+        return Err(errors);
+    };
+    if !errors.is_empty() {
+        return Err(errors);
     }
     Ok(Profile {
         name: name.to_string(),
@@ -668,6 +718,19 @@ fail_mode = "closed"
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn several_invalid_settings_listed() {
+        let text = VALID
+            .replace("redirect_port = 8400", "redirect_port = 0")
+            .replace("quota_recheck_minutes = 30", "quota_recheck_minutes = 90");
+        let message = parse(&path(), &text).unwrap_err().to_string();
+        assert!(message.contains("`redirect_port` = 0"), "{message}");
+        assert!(
+            message.contains("`quota_recheck_minutes` = 90"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -162,10 +162,13 @@ fn config_fix(error: &ConfigError, path: &Path) -> String {
     }
 }
 
-/// Splits a validation message of the form ``profile `P`: `KEY` ...; ADVICE``
-/// into the profile, the key and the advice.
+/// Splits the first line of a validation message, of the form
+/// ``profile `P`: `KEY` ...; ADVICE``, into the profile, the key and the
+/// advice.
 fn invalid_key_advice(message: &str) -> Option<(&str, &str, &str)> {
-    let rest = message.strip_prefix("profile `")?;
+    // Several invalid settings come one per line; the first one is named.
+    let first = message.lines().next()?;
+    let rest = first.strip_prefix("profile `")?;
     let (profile, rest) = rest.split_once("`: `")?;
     let (key, rest) = rest.split_once('`')?;
     let (_, advice) = rest.split_once("; ")?;
