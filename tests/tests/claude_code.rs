@@ -574,3 +574,150 @@ fn claude_code_usage_counted() -> Result<()> {
         Ok(())
     })
 }
+
+/// One run of `tests/support/claude/expiring-credentials`: when it ran and
+/// the `Expiration` it printed, both in epoch seconds.
+#[derive(Debug, Clone, Copy)]
+struct CredentialRun {
+    started: u64,
+    expiration: u64,
+}
+
+/// Reads the runs recorded in `log`. A missing log means no run yet.
+fn credential_runs(log: &Path) -> Result<Vec<CredentialRun>> {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let fields: Vec<u64> = line
+                .split_whitespace()
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .with_context(|| {
+                    format!(
+                        "{} has a line that is not two numbers: {line}",
+                        log.display()
+                    )
+                })?;
+            match fields[..] {
+                [started, expiration] => Ok(CredentialRun {
+                    started,
+                    expiration,
+                }),
+                _ => bail!(
+                    "{} has a line that is not two numbers: {line}",
+                    log.display()
+                ),
+            }
+        })
+        .collect()
+}
+
+/// Sleeps until the epoch second `at`, if it is still ahead.
+fn sleep_until_epoch(at: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs_f64();
+    if (at as f64) > now {
+        std::thread::sleep(Duration::from_secs_f64(at as f64 - now));
+    }
+}
+
+/// Claude Code 2.1.328 runs the credential_process again on the first
+/// request less than about 30 s before `Expiration` (observed: 29 s before
+/// it did, 33 s before it did not).
+#[test]
+fn claude_code_refreshes_credentials_shortly_before_expiration() -> Result<()> {
+    in_namespace(
+        "claude_code_refreshes_credentials_shortly_before_expiration",
+        || {
+            // Credentials that expire 100 s after each run. The JavaScript
+            // SDK's own process provider would run the command again 5
+            // minutes before Expiration, so already at the first prompt.
+            const LIFETIME: u64 = 100;
+            let stack = Stack::builder()
+                .profile(ProfileSpec::new("bedrock"))
+                .start()?;
+            let bedrock = Bedrock::start(stack.dir())?;
+            let lifetime_file = stack.dir().join("credential-lifetime");
+            fs::write(&lifetime_file, LIFETIME.to_string())?;
+            let runs_log = stack.dir().join("credential-runs.log");
+            let aws_config = stack.dir().join("aws-config-expiring");
+            fs::write(
+                &aws_config,
+                format!(
+                    "[profile expiring]\ncredential_process = {} {} {}\nregion = us-east-1\n",
+                    support_dir().join("claude/expiring-credentials").display(),
+                    lifetime_file.display(),
+                    runs_log.display()
+                ),
+            )?;
+            let mut run = ClaudeRun::new(&stack, &bedrock, serde_json::json!({}))?;
+            run.extra_env = [
+                ("AWS_CONFIG_FILE", aws_config.display().to_string()),
+                ("AWS_PROFILE", "expiring".to_owned()),
+            ]
+            .map(|(name, value)| (name.to_owned(), value))
+            .to_vec();
+            // The access key id of each streamed model request, in order.
+            let streams = || -> Result<Vec<String>> {
+                Ok(bedrock
+                    .requests()?
+                    .iter()
+                    .filter(|request| request["operation"] == "invoke-with-response-stream")
+                    .map(|request| {
+                        request["access_key_id"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned()
+                    })
+                    .collect())
+            };
+            let wait_for_streams = |count: usize| -> Result<Vec<String>> {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let keys = streams()?;
+                    if keys.len() >= count || Instant::now() >= deadline {
+                        return Ok(keys);
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            };
+
+            let mut session = run.start_interactive()?;
+            session.wait_for("? for shortcuts", Duration::from_secs(30))?;
+            session.send("say hi")?;
+            assert_eq!(wait_for_streams(1)?, ["AKIAEXPIRING1"]);
+            let first = *credential_runs(&runs_log)?
+                .first()
+                .context("Claude Code did not run the credential_process at start")?;
+
+            // 45 s before Expiration: the session keeps its credentials.
+            sleep_until_epoch(first.expiration - 45);
+            session.send("say hi again")?;
+            let keys = wait_for_streams(2)?;
+            let runs = credential_runs(&runs_log)?;
+            assert_eq!(keys, ["AKIAEXPIRING1", "AKIAEXPIRING1"], "runs: {runs:?}");
+            assert_eq!(runs.len(), 1, "no run 45 s before Expiration: {runs:?}");
+
+            // 15 s before Expiration: the next prompt runs the command
+            // again first and is signed with the new key.
+            sleep_until_epoch(first.expiration - 15);
+            session.send("say hi once more")?;
+            let keys = wait_for_streams(3)?;
+            let runs = credential_runs(&runs_log)?;
+            assert_eq!(
+                keys.last().map(String::as_str),
+                Some("AKIAEXPIRING2"),
+                "runs: {runs:?}"
+            );
+            assert_eq!(runs.len(), 2, "one run 15 s before Expiration: {runs:?}");
+            assert!(
+                runs[1].started < first.expiration,
+                "the second run comes before the first Expiration: {runs:?}"
+            );
+            drop(session);
+            Ok(())
+        },
+    )
+}
