@@ -575,41 +575,100 @@ fn claude_code_usage_counted() -> Result<()> {
     })
 }
 
-/// One run of `tests/support/claude/expiring-credentials`: when it ran and
-/// the `Expiration` it printed, both in epoch seconds.
+/// One run of `tests/support/claude/expiring-credentials`: when it started
+/// and the `Expiration` it printed (`None` for a failed run), both in epoch
+/// seconds.
 #[derive(Debug, Clone, Copy)]
 struct CredentialRun {
     started: u64,
-    expiration: u64,
+    expiration: Option<u64>,
 }
 
-/// Reads the runs recorded in `log`. A missing log means no run yet.
-fn credential_runs(log: &Path) -> Result<Vec<CredentialRun>> {
-    let text = fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .map(|line| {
-            let fields: Vec<u64> = line
-                .split_whitespace()
-                .map(str::parse)
-                .collect::<Result<_, _>>()
-                .with_context(|| {
-                    format!(
-                        "{} has a line that is not two numbers: {line}",
+/// An AWS profile `expiring` whose credential_process is
+/// `tests/support/claude/expiring-credentials`.
+struct ExpiringCredentials {
+    lifetime_file: PathBuf,
+    runs_log: PathBuf,
+    aws_config: PathBuf,
+}
+
+impl ExpiringCredentials {
+    /// Writes the profile into `dir`, with credentials that expire
+    /// `lifetime_seconds` after each run.
+    fn new(dir: &Path, lifetime_seconds: u64) -> Result<Self> {
+        let credentials = Self {
+            lifetime_file: dir.join("credential-lifetime"),
+            runs_log: dir.join("credential-runs.log"),
+            aws_config: dir.join("aws-config-expiring"),
+        };
+        credentials.set_lifetime(&lifetime_seconds.to_string())?;
+        let config = format!(
+            "[profile expiring]\ncredential_process = {} {} {}\nregion = us-east-1\n",
+            support_dir().join("claude/expiring-credentials").display(),
+            credentials.lifetime_file.display(),
+            credentials.runs_log.display()
+        );
+        fs::write(&credentials.aws_config, config)
+            .with_context(|| format!("failed to write {}", credentials.aws_config.display()))?;
+        Ok(credentials)
+    }
+
+    /// Sets the lifetime of later runs' credentials in seconds, or `fail`
+    /// to make later runs exit 1.
+    fn set_lifetime(&self, lifetime: &str) -> Result<()> {
+        fs::write(&self.lifetime_file, lifetime)
+            .with_context(|| format!("failed to write {}", self.lifetime_file.display()))
+    }
+
+    /// Points Claude Code at the `expiring` profile.
+    fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "AWS_CONFIG_FILE".to_owned(),
+                self.aws_config.display().to_string(),
+            ),
+            ("AWS_PROFILE".to_owned(), "expiring".to_owned()),
+        ]
+    }
+
+    /// Reads the runs recorded so far. A missing log means no run yet.
+    fn runs(&self) -> Result<Vec<CredentialRun>> {
+        let log = &self.runs_log;
+        let text = fs::read_to_string(log).unwrap_or_default();
+        text.lines()
+            .map(|line| {
+                let invalid = || {
+                    anyhow::anyhow!(
+                        "{} has an invalid line {line:?}; expected \"<started> <expiration>\" or \"<started> failed\"",
                         log.display()
                     )
-                })?;
-            match fields[..] {
-                [started, expiration] => Ok(CredentialRun {
+                };
+                let (started, expiration) = line.split_once(' ').ok_or_else(invalid)?;
+                let started = started.parse().map_err(|_| invalid())?;
+                let expiration = match expiration {
+                    "failed" => None,
+                    seconds => Some(seconds.parse().map_err(|_| invalid())?),
+                };
+                Ok(CredentialRun {
                     started,
                     expiration,
-                }),
-                _ => bail!(
-                    "{} has a line that is not two numbers: {line}",
-                    log.display()
-                ),
-            }
-        })
-        .collect()
+                })
+            })
+            .collect()
+    }
+
+    /// Returns the `Expiration` of the first run, which Claude Code makes at
+    /// session start.
+    fn first_expiration(&self) -> Result<u64> {
+        let first = *self
+            .runs()?
+            .first()
+            .context("Claude Code did not run the credential_process at start")?;
+        let expiration = first
+            .expiration
+            .context("the credential_process failed at session start")?;
+        Ok(expiration)
+    }
 }
 
 /// Sleeps until the epoch second `at`, if it is still ahead.
@@ -623,9 +682,37 @@ fn sleep_until_epoch(at: u64) {
     }
 }
 
+/// Returns the access key id of each streamed model request, in order.
+fn streamed_keys(bedrock: &Bedrock) -> Result<Vec<String>> {
+    Ok(bedrock
+        .requests()?
+        .iter()
+        .filter(|request| request["operation"] == "invoke-with-response-stream")
+        .map(|request| {
+            request["access_key_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect())
+}
+
+/// Waits up to 30 s for `count` streamed model requests and returns their
+/// access key ids.
+fn wait_for_streams(bedrock: &Bedrock, count: usize) -> Result<Vec<String>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let keys = streamed_keys(bedrock)?;
+        if keys.len() >= count || Instant::now() >= deadline {
+            return Ok(keys);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// Claude Code 2.1.328 runs the credential_process again on the first
-/// request less than about 30 s before `Expiration` (observed: 29 s before
-/// it did, 33 s before it did not).
+/// request less than about 30 s before `Expiration` (observed: 29.9 s before
+/// it did, 30.8 s before it did not).
 #[test]
 fn claude_code_refreshes_credentials_shortly_before_expiration() -> Result<()> {
     in_namespace(
@@ -634,78 +721,34 @@ fn claude_code_refreshes_credentials_shortly_before_expiration() -> Result<()> {
             // Credentials that expire 100 s after each run. The JavaScript
             // SDK's own process provider would run the command again 5
             // minutes before Expiration, so already at the first prompt.
-            const LIFETIME: u64 = 100;
             let stack = Stack::builder()
                 .profile(ProfileSpec::new("bedrock"))
                 .start()?;
             let bedrock = Bedrock::start(stack.dir())?;
-            let lifetime_file = stack.dir().join("credential-lifetime");
-            fs::write(&lifetime_file, LIFETIME.to_string())?;
-            let runs_log = stack.dir().join("credential-runs.log");
-            let aws_config = stack.dir().join("aws-config-expiring");
-            fs::write(
-                &aws_config,
-                format!(
-                    "[profile expiring]\ncredential_process = {} {} {}\nregion = us-east-1\n",
-                    support_dir().join("claude/expiring-credentials").display(),
-                    lifetime_file.display(),
-                    runs_log.display()
-                ),
-            )?;
+            let credentials = ExpiringCredentials::new(stack.dir(), 100)?;
             let mut run = ClaudeRun::new(&stack, &bedrock, serde_json::json!({}))?;
-            run.extra_env = [
-                ("AWS_CONFIG_FILE", aws_config.display().to_string()),
-                ("AWS_PROFILE", "expiring".to_owned()),
-            ]
-            .map(|(name, value)| (name.to_owned(), value))
-            .to_vec();
-            // The access key id of each streamed model request, in order.
-            let streams = || -> Result<Vec<String>> {
-                Ok(bedrock
-                    .requests()?
-                    .iter()
-                    .filter(|request| request["operation"] == "invoke-with-response-stream")
-                    .map(|request| {
-                        request["access_key_id"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned()
-                    })
-                    .collect())
-            };
-            let wait_for_streams = |count: usize| -> Result<Vec<String>> {
-                let deadline = Instant::now() + Duration::from_secs(30);
-                loop {
-                    let keys = streams()?;
-                    if keys.len() >= count || Instant::now() >= deadline {
-                        return Ok(keys);
-                    }
-                    std::thread::sleep(Duration::from_millis(250));
-                }
-            };
+            run.extra_env = credentials.env();
 
             let mut session = run.start_interactive()?;
             session.wait_for("? for shortcuts", Duration::from_secs(30))?;
             session.send("say hi")?;
-            assert_eq!(wait_for_streams(1)?, ["AKIAEXPIRING1"]);
-            let first = *credential_runs(&runs_log)?
-                .first()
-                .context("Claude Code did not run the credential_process at start")?;
+            assert_eq!(wait_for_streams(&bedrock, 1)?, ["AKIAEXPIRING1"]);
+            let expiration = credentials.first_expiration()?;
 
             // 45 s before Expiration: the session keeps its credentials.
-            sleep_until_epoch(first.expiration - 45);
+            sleep_until_epoch(expiration - 45);
             session.send("say hi again")?;
-            let keys = wait_for_streams(2)?;
-            let runs = credential_runs(&runs_log)?;
+            let keys = wait_for_streams(&bedrock, 2)?;
+            let runs = credentials.runs()?;
             assert_eq!(keys, ["AKIAEXPIRING1", "AKIAEXPIRING1"], "runs: {runs:?}");
             assert_eq!(runs.len(), 1, "no run 45 s before Expiration: {runs:?}");
 
             // 15 s before Expiration: the next prompt runs the command
             // again first and is signed with the new key.
-            sleep_until_epoch(first.expiration - 15);
+            sleep_until_epoch(expiration - 15);
             session.send("say hi once more")?;
-            let keys = wait_for_streams(3)?;
-            let runs = credential_runs(&runs_log)?;
+            let keys = wait_for_streams(&bedrock, 3)?;
+            let runs = credentials.runs()?;
             assert_eq!(
                 keys.last().map(String::as_str),
                 Some("AKIAEXPIRING2"),
@@ -713,11 +756,58 @@ fn claude_code_refreshes_credentials_shortly_before_expiration() -> Result<()> {
             );
             assert_eq!(runs.len(), 2, "one run 15 s before Expiration: {runs:?}");
             assert!(
-                runs[1].started < first.expiration,
+                runs[1].started < expiration,
                 "the second run comes before the first Expiration: {runs:?}"
             );
             drop(session);
             Ok(())
         },
     )
+}
+
+/// A credential_process that fails inside Claude Code's 30 s refresh
+/// window fails the request at once, although the cached credentials are
+/// valid for 15 s more.
+#[test]
+fn claude_code_refresh_failure_fails_request() -> Result<()> {
+    in_namespace("claude_code_refresh_failure_fails_request", || {
+        let stack = Stack::builder()
+            .profile(ProfileSpec::new("bedrock"))
+            .start()?;
+        let bedrock = Bedrock::start(stack.dir())?;
+        let credentials = ExpiringCredentials::new(stack.dir(), 50)?;
+        let mut run = ClaudeRun::new(&stack, &bedrock, serde_json::json!({}))?;
+        run.extra_env = credentials.env();
+
+        let mut session = run.start_interactive()?;
+        session.wait_for("? for shortcuts", Duration::from_secs(30))?;
+        session.send("say hi")?;
+        assert_eq!(wait_for_streams(&bedrock, 1)?, ["AKIAEXPIRING1"]);
+        let expiration = credentials.first_expiration()?;
+
+        credentials.set_lifetime("fail")?;
+        sleep_until_epoch(expiration - 15);
+        session.send("say hi again")?;
+        let screen = session.wait_for("Could not load AWS credentials", Duration::from_secs(30))?;
+        assert!(
+            screen.contains("Could not load AWS credentials"),
+            "{screen}"
+        );
+        let runs = credentials.runs()?;
+        assert!(
+            runs.len() >= 2 && runs[1..].iter().all(|run| run.expiration.is_none()),
+            "the prompt ran the failing command: {runs:?}"
+        );
+        assert!(
+            runs[1].started < expiration,
+            "the failed runs come before Expiration: {runs:?}"
+        );
+        assert_eq!(
+            streamed_keys(&bedrock)?,
+            ["AKIAEXPIRING1"],
+            "no model request with the still valid key"
+        );
+        drop(session);
+        Ok(())
+    })
 }
