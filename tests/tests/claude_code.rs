@@ -711,8 +711,8 @@ fn wait_for_streams(bedrock: &Bedrock, count: usize) -> Result<Vec<String>> {
 }
 
 /// Claude Code 2.1.328 runs the credential_process again on the first
-/// request less than about 30 s before `Expiration` (observed: 29.9 s before
-/// it did, 30.8 s before it did not).
+/// request less than about 30 s before `Expiration` (observed with lifetimes
+/// of 61 to 330 s: 29.9 s before it did, 30.8 s before it did not).
 #[test]
 fn claude_code_refreshes_credentials_shortly_before_expiration() -> Result<()> {
     in_namespace(
