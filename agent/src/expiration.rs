@@ -2,18 +2,20 @@
 //! are too close to expiry to hand out.
 //!
 //! botocore re-runs a credential_process on every call once fewer than 15
-//! minutes remain (its advisory refresh window), and Claude Code comes back
-//! only after the reported expiry. So the agent never hands out credentials
-//! with less than 16 minutes left, and reports the next quota re-check plus
-//! 15 minutes: botocore then returns at the re-check and Claude Code 15
-//! minutes after it. The reported time is computed from the last quota
-//! check, not from the request time, so repeated calls inside botocore's
-//! window get the same expiry instead of a nearer one each time.
+//! minutes remain (its advisory refresh window), and Claude Code at its
+//! first request less than about 30 seconds before the reported expiry. So
+//! the agent never hands out credentials with less than 16 minutes left,
+//! and reports the next quota re-check plus 15 minutes: botocore then
+//! returns at the re-check and Claude Code shortly before 15 minutes after
+//! it. The reported time is computed from the last quota check, not from
+//! the request time, so repeated calls inside botocore's window get the
+//! same expiry instead of a nearer one each time.
 //!
-//! A failed run does not end a client's credentials at once. botocore keeps
+//! A failed run does not end an SDK's credentials at once. botocore keeps
 //! them until 10 minutes before the expiry, 5 minutes after the re-check.
 //! The JavaScript SDK keeps them until the expiry. `tests/tests/cadence.rs`
-//! measures both.
+//! measures both. Claude Code fails the request whose run failed;
+//! `tests/tests/claude_code.rs` measures its lead.
 
 use chrono::{DateTime, Duration, Utc};
 
