@@ -3,6 +3,7 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result, bail};
 
@@ -116,7 +117,28 @@ pub fn venv_program(name: &str) -> Result<PathBuf> {
 /// do so instead. This function is for ports that must be known before a
 /// server starts, such as the agent's callback port.
 pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .context("failed to bind 127.0.0.1:0 to find a free port")?;
-    Ok(listener.local_addr()?.port())
+    // Ports the kernel hands out for port 0 and for outgoing connections
+    // come from the ephemeral range (32768 to 60999 on Linux, 49152 and up
+    // elsewhere). Choosing below it means a server that another test binds
+    // to port 0 cannot take the port before this one's user binds it.
+    const FIRST: u32 = 10_000;
+    const COUNT: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761) ^ nanos;
+    for _ in 0..500 {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST + seed.wrapping_add(step.wrapping_mul(7_919)) % COUNT;
+        let port = u16::try_from(port).expect("the range ends below 65536");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!(
+        "found no free port on 127.0.0.1 between {FIRST} and {}",
+        FIRST + COUNT
+    )
 }
