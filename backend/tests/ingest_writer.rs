@@ -1,8 +1,9 @@
-//! The ingest writer and the de-duplication window: group commits return
-//! each request its own result, a full queue rejects at once with a
-//! 503 and `Retry-After`, points older than the window are rejected,
-//! pruning deletes only expired identities, and token counts that would
-//! overflow are rejected or saturate.
+//! Tests of the ingest writer and the de-duplication window.
+//!
+//! A group commit returns each request its own result. A full queue rejects
+//! at once with a 503 and `Retry-After`. Points older than the window are
+//! rejected, and pruning deletes only expired identities. Token counts that
+//! would overflow are rejected or saturate.
 
 mod support;
 
@@ -306,10 +307,13 @@ async fn full_point_budget_rejects_at_once() {
         ..WriterSettings::default()
     };
     let writer = UsageWriter::start(store, settings, AlertSettings::default());
+
+    // Another connection holds the write lock, so the writer stalls.
     let blocker = rusqlite::Connection::open(&path).expect("the store file opens");
     blocker
         .execute_batch("BEGIN IMMEDIATE")
         .expect("the write lock is taken");
+
     let now = Utc::now();
     let spawn_record = |first_serial: u64| {
         let writer = writer.clone();
@@ -322,12 +326,14 @@ async fn full_point_budget_rejects_at_once() {
                 .await
         })
     };
-    // The stalled writer is in its first transaction, which has the first
-    // batch or only a prune; either way one batch of 8 points then waits.
+
+    // The stalled writer is in its first transaction, which contains the
+    // first batch or only a prune. In both cases one batch of 8 points waits.
     let first = spawn_record(0);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let second = spawn_record(8);
     tokio::time::sleep(Duration::from_millis(200)).await;
+
     let points = (16..24).map(|serial| usage_point(serial, now, 1)).collect();
     let started = Instant::now();
     let third = writer
@@ -341,6 +347,7 @@ async fn full_point_budget_rejects_at_once() {
         started.elapsed() < Duration::from_secs(2),
         "a full queue answers at once"
     );
+
     blocker
         .execute_batch("ROLLBACK")
         .expect("the lock is released");

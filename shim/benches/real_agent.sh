@@ -62,8 +62,8 @@ if [[ ${BUILD:-1} != 0 ]]; then
 fi
 agent_bin=$target/release/tollgate-agent
 
-# cargo and rustup find their homes through HOME unless told, and the
-# measurement below builds again after HOME is replaced.
+# cargo and rustup find their folders through HOME unless CARGO_HOME and
+# RUSTUP_HOME are set, and the measurement below builds after HOME changes.
 export CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}" RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}"
 export HOME=$work/home
 export XDG_CONFIG_HOME=$HOME/.config XDG_STATE_HOME=$HOME/.local/state

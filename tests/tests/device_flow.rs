@@ -263,7 +263,7 @@ fn expired_device_code_ends_cleanly() -> Result<()> {
     let expired = format!("expired after {SHORT_DEVICE_CODE_SECONDS} seconds");
     let start_again = format!("run `tollgate-agent login --profile {profile} --device-code`");
 
-    // Nobody confirms the code the shim shows, so the code expires.
+    // The test never confirms the code the shim shows, so the code expires.
     let shim = stack.shim("bedrock")?;
     assert_eq!(shim.status.code(), Some(1), "stderr: {}", shim.stderr);
     let (_, shim_code) = shim

@@ -65,7 +65,7 @@ fn named_profile<'a>(words: &[&'a str]) -> Option<&'a str> {
     named
 }
 
-/// Whether a `credential_process` line runs the shim for `profile`.
+/// Returns whether a `credential_process` line runs the shim for `profile`.
 /// Without `--profile` the shim picks `$TOLLGATE_PROFILE` or the only
 /// profile, so such a line counts too.
 fn runs_shim_for(line: &str, profile: &str) -> bool {

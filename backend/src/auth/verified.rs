@@ -6,7 +6,7 @@
 //! `exp` plus the leeway, and only while the JWKS key it was verified with
 //! is still published. The caller passes a check of the key's serial, and
 //! a JWKS download that no longer lists a key removes that key's entries
-//! ([`VerifiedTokens::remove_keys`]). The cache holds at most
+//! ([`VerifiedTokens::remove_keys`]). The cache contains at most
 //! [`MAX_ENTRIES`] tokens and is emptied when full.
 
 use std::collections::HashMap;

@@ -135,8 +135,8 @@ fn parse_dedup_days(text: &str) -> Result<u32, String> {
         .map(|days| u32::try_from(days).expect("the range ends at 3650, which fits in u32"))
 }
 
-/// Parses a whole number from `min` to `max`, with an error that names the
-/// range, where the standard parser only says which character is wrong.
+/// Parses a whole number from `min` to `max`. Its error names the range,
+/// because the standard parser's error names only the invalid character.
 fn parse_whole_number(text: &str, min: u64, max: u64, unit: &str) -> Result<u64, String> {
     text.trim()
         .parse::<u64>()

@@ -679,8 +679,8 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What an import will do, planned against the policies stored when it
-/// was read.
+/// The changes an import makes, planned against the policies stored when
+/// the import read them.
 struct ImportPlan {
     /// One line per row, for `--dry-run`.
     lines: Vec<String>,
@@ -874,8 +874,8 @@ async fn plan_import(
 }
 
 /// Writes a planned import in one store transaction and returns its
-/// summary. A precondition that no longer holds fails the whole import
-/// with a user error that names the changed policies.
+/// summary. If a policy changed since the plan was made, the whole import
+/// fails with a user error that names the changed policies.
 async fn apply_import(
     args: &ImportArgs,
     plan: ImportPlan,
